@@ -1,0 +1,54 @@
+"""Argument checks shared by the quantizer, the reference and the kernels.
+
+Every check raises TypeError (wrong kind or dtype) or ValueError (wrong value or shape) with a
+message that names the argument, so bad input never reaches a kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_weight(w) -> None:
+    """A float [N, K] weight, non-empty and finite."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(w).__name__}")
+    if not w.dtype.is_floating_point:
+        raise TypeError(f"weight must be floating point (fp16/bf16/fp32/fp64), got integer/bool dtype {w.dtype}")
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D [N, K] (out_features, in_features), got rank {w.dim()} shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"weight is empty, shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weight contains NaN or Inf")
+
+
+def check_linear_args(x, qw, bias, allow_fp64: bool = False) -> None:
+    """x [..., K] float on qw's device, bias [N] or None: the F.linear contract for a QuantizedWeight."""
+    from .formats import QuantizedWeight
+
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"weight must be a lowbit.QuantizedWeight, got {type(qw).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    allowed = ACTIVATION_DTYPES + ((torch.float64,) if allow_fp64 else ())
+    if x.dtype not in allowed:
+        raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension [..., K]")
+    if x.shape[-1] != qw.K:
+        raise ValueError(f"x.shape[-1]={x.shape[-1]} does not match the weight's K={qw.K}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty, shape {tuple(x.shape)}")
+    if x.device != qw.device:
+        raise ValueError(f"x is on {x.device} but the weight is on {qw.device}; move one with .to()")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (qw.N,):
+            raise ValueError(f"bias must have shape ({qw.N},), got {tuple(bias.shape)}")
+        if bias.device != x.device:
+            raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+        if bias.dtype not in allowed:
+            raise TypeError(f"bias must be float16, bfloat16 or float32, got {bias.dtype}")

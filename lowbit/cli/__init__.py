@@ -1,0 +1,1 @@
+"""Subcommands of python -m lowbit, one module each."""

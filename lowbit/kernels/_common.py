@@ -1,0 +1,151 @@
+"""Pieces every kernel family shares: paths, configs, the family interface, runtime checks.
+
+A family module (uniform.py, lut.py, ...) is laid out as: Triton kernels, then launch
+wrappers (validate, allocate, grid), then one ``torch.library.custom_op`` with a fake
+implementation, then a :class:`KernelFamily` instance that dispatch, autotune and the
+compile gate use.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from ..formats import QuantizedWeight, Scheme, dim_bucket
+
+
+class KernelPath(str, enum.Enum):
+    """GEMV: small-M, memory-bound (split-K). GEMM: large-M, tensor-core tiles."""
+
+    GEMV = "gemv"
+    GEMM = "gemm"
+
+    @classmethod
+    def parse(cls, value) -> "KernelPath | None":
+        if value is None or isinstance(value, KernelPath):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise ValueError(f"unknown kernel path {value!r}; expected 'gemv', 'gemm' or None") from None
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch parameters of one kernel variant (tile sizes, split-K, warps, pipeline stages)."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 64
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KernelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - names:
+            raise ValueError(f"not a KernelConfig: {d!r}")
+        vals = {k: int(v) for k, v in d.items()}
+        if any(v <= 0 for v in vals.values()):
+            raise ValueError(f"KernelConfig fields must be positive: {d!r}")
+        return cls(**vals)
+
+    def label(self) -> str:
+        return (f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}"
+                f"g{self.group_m}w{self.num_warps}st{self.num_stages}")
+
+
+@dataclass(frozen=True)
+class AotCase:
+    """One kernel specialisation for the ahead-of-time compile gate."""
+
+    family: str
+    kernel: object  # a triton JITFunction
+    signature: dict  # arg name -> triton type string ("*fp16", "i32", "constexpr")
+    constexprs: dict  # arg name -> value
+    config: KernelConfig
+    label: str
+    expects_tensor_cores: bool = False
+    integer_mma: bool = False
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_runtime(x: torch.Tensor) -> None:
+    """Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter."""
+    if x.device.type == "cuda":
+        return
+    if x.device.type == "cpu" and interpreting():
+        return
+    raise ValueError(f"lowbit kernels need CUDA tensors (x is on {x.device}); on a CPU-only machine set "
+                     "TRITON_INTERPRET=1 before importing triton, or use lowbit.reference.linear")
+
+
+def flatten_rows(x: torch.Tensor) -> torch.Tensor:
+    """View x [..., K] as [M, K] with unit stride along K (copies only when it must)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    return x2
+
+
+def triton_dtype(dtype: torch.dtype) -> str:
+    """Triton's pointer element name for a torch dtype (used by AOT signatures)."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
+            torch.int8: "i8", torch.int64: "i64"}[dtype]
+
+
+class KernelFamily(abc.ABC):
+    """What dispatch, the autotuner and the compile gate need from one family of kernels."""
+
+    name: str = ""
+    schemes: frozenset = frozenset()
+    gemv_max_m: int = 8  # M at or below this uses the GEMV path by default
+
+    def serves(self, scheme: Scheme) -> bool:
+        return scheme in self.schemes
+
+    def choose_path(self, m: int) -> KernelPath:
+        return KernelPath.GEMV if m <= self.gemv_max_m else KernelPath.GEMM
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None,
+                path: KernelPath | None) -> torch.Tensor:
+        """y = x . W^T + b through the family's custom op (configs from the cache or heuristic)."""
+
+    @abc.abstractmethod
+    def launch(self, x2d: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None,
+               path: KernelPath, config: KernelConfig, out: torch.Tensor) -> torch.Tensor:
+        """Run one explicit config on x2d [M, K], writing out [M, N]; used by tests and the tuner."""
+
+    @abc.abstractmethod
+    def search_space(self, path: KernelPath, qw: QuantizedWeight | None = None) -> list[KernelConfig]:
+        """Every candidate config of `path` (pruned for `qw`'s group size when given)."""
+
+    @abc.abstractmethod
+    def heuristic(self, path: KernelPath, m: int, qw: QuantizedWeight) -> KernelConfig:
+        """A good config without tuning."""
+
+    @abc.abstractmethod
+    def aot_cases(self) -> Iterable[AotCase]:
+        """Every kernel x config x dtype specialisation that the compile gate builds."""
+
+    def config_for(self, path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
+        """The tuned config from the autotune cache when one exists, else the heuristic."""
+        from ..autotune import lookup
+
+        cfg = lookup(self.name, qw, path, dim_bucket(m), dtype)
+        return cfg if cfg is not None else self.heuristic(path, m, qw)

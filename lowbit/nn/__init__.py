@@ -1,0 +1,1 @@
+"""nn.Linear replacements: QuantLinear, quantize_, save/load."""

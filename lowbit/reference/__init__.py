@@ -1,0 +1,69 @@
+"""Plain-PyTorch oracle for every scheme: quantizers, pack/unpack, dequantize and linear.
+
+The kernels in :mod:`lowbit.kernels` are tested against these functions; names match
+(``reference.linear`` <-> ``kernels.linear``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_linear_args, check_weight
+from ..formats import (LUT_SCHEMES, UNIFORM_SCHEMES, ActivationQuant, QuantizedWeight, Scheme,
+                       TernarySpec, make_spec)
+from . import binary, lut, nf4, ternary, uniform
+from .packing import pack_codes, unpack_codes
+
+__all__ = ["quantize_weight", "dequantize", "linear", "pack_codes", "unpack_codes",
+           "binary", "lut", "nf4", "ternary", "uniform"]
+
+_QUANTIZER_ONLY = ("sensitivity", "iters")
+
+
+def _module(scheme: Scheme):
+    if scheme in UNIFORM_SCHEMES:
+        return uniform
+    if scheme is Scheme.NF4:
+        return nf4
+    if scheme in LUT_SCHEMES:
+        return lut
+    if scheme is Scheme.BINARY:
+        return binary
+    return ternary
+
+
+def quantize_weight(w: torch.Tensor, scheme: Scheme | str, **options) -> QuantizedWeight:
+    """Quantize a float [N, K] weight with `scheme`; options: group_size, symmetric, outlier_fraction, sensitivity."""
+    scheme = Scheme.parse(scheme)
+    spec = make_spec(scheme, **options)  # rejects unknown options first
+    check_weight(w)
+    w = w.detach()
+    n, k = w.shape
+    if hasattr(spec, "effective_group") and k % spec.effective_group(k):
+        raise ValueError(f"K={k} (in_features) is not divisible by group_size={spec.group_size}")
+    extra = {name: options[name] for name in _QUANTIZER_ONLY if name in options}
+    tensors = _module(scheme).quantize(w, spec, **extra)
+    return QuantizedWeight(scheme, spec, (n, k), tensors)
+
+
+def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The [N, K] weight the stored codes and metadata represent."""
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"dequantize needs a lowbit.QuantizedWeight, got {type(qw).__name__}")
+    return _module(qw.scheme).dequantize(qw, dtype)
+
+
+def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
+           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x . W^T + b computed in float64 from the stored format (BitNet's A8 formula for ternary).
+
+    Also accepts float64 x (the oracle's own precision). Returns x's dtype unless `out_dtype` is given (tests pass float64 to keep the oracle unrounded).
+    """
+    check_linear_args(x, qw, bias, allow_fp64=True)
+    out_dtype = out_dtype or x.dtype
+    if isinstance(qw.spec, TernarySpec) and qw.spec.activation is ActivationQuant.INT8_PER_TOKEN:
+        return ternary.linear_a8(x, qw, bias, out_dtype)
+    w = dequantize(qw, torch.float64)
+    y = x.to(torch.float64) @ w.t()
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(out_dtype)

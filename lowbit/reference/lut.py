@@ -1,0 +1,139 @@
+"""Non-uniform lookup-table quantizer (SqueezeLLM): W = LUT[n, q] (+ S for sq3/sq4).
+
+Each output row gets its own table of 2^b fp16 values from a sensitivity-weighted 1-D
+k-means over that row (deterministic: quantile initialisation, sorted centroids, fixed
+iteration cap). For sq*, the ``round(outlier_fraction * N * K)`` largest-magnitude weights
+are removed before the k-means and stored exactly (in fp16) as CSR over rows; the table
+of a sparse scheme keeps one entry pinned at exactly 0, and outlier positions carry that
+code, so LUT[n, q] + S reconstructs each outlier as its fp16 value with no rounding.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..formats import LUTSpec
+from .packing import pack_codes, unpack_codes
+
+DEFAULT_ITERS = 30
+
+
+def _weighted_quantile_init(w_sorted: torch.Tensor, wt_sorted: torch.Tensor, levels: int) -> torch.Tensor:
+    cum = wt_sorted.cumsum(dim=1)
+    total = cum[:, -1:]
+    targets = (torch.arange(levels, device=w_sorted.device, dtype=cum.dtype) + 0.5) / levels * total
+    idx = torch.searchsorted(cum.contiguous(), targets.contiguous()).clamp(max=w_sorted.shape[1] - 1)
+    return torch.gather(w_sorted, 1, idx)
+
+
+def _assign(w: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid; `centroids` must be sorted along dim 1."""
+    mids = ((centroids[:, 1:] + centroids[:, :-1]) / 2).contiguous()
+    return torch.searchsorted(mids, w.contiguous())
+
+
+def _pin_zero(c: torch.Tensor) -> torch.Tensor:
+    """Set the centroid nearest to 0 in each row to exactly 0 (keeps rows sorted)."""
+    j = c.abs().argmin(dim=1, keepdim=True)
+    return c.scatter(1, j, 0.0)
+
+
+def weighted_kmeans(w: torch.Tensor, weight: torch.Tensor, levels: int, iters: int = DEFAULT_ITERS,
+                    pin_zero: bool = False) -> torch.Tensor:
+    """Per-row weighted 1-D k-means; returns sorted centroids [N, levels] (float64)."""
+    w = w.to(torch.float64)
+    weight = weight.to(torch.float64)
+    empty = weight.sum(dim=1, keepdim=True) <= 0
+    weight = torch.where(empty, torch.ones_like(weight), weight)
+    order = w.argsort(dim=1)
+    c = _weighted_quantile_init(torch.gather(w, 1, order), torch.gather(weight, 1, order), levels)
+    c = c.sort(dim=1).values
+    if pin_zero:
+        c = _pin_zero(c)
+    for _ in range(iters):
+        codes = _assign(w, c)
+        sums = torch.zeros_like(c).scatter_add_(1, codes, w * weight)
+        cnt = torch.zeros_like(c).scatter_add_(1, codes, weight)
+        new = torch.where(cnt > 0, sums / cnt.clamp(min=1e-300), c).sort(dim=1).values
+        if pin_zero:
+            new = _pin_zero(new)
+        if torch.equal(new, c):
+            break
+        c = new
+    return c
+
+
+def select_outliers(w: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Boolean [N, K] mask of the round(fraction * N * K) largest |w| (ties broken by position)."""
+    count = int(round(fraction * w.numel()))
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    if count:
+        idx = torch.topk(w.abs().flatten().to(torch.float64), count, sorted=False).indices
+        mask[idx] = True
+    return mask.view_as(w)
+
+
+def quantize(w: torch.Tensor, spec: LUTSpec, sensitivity: torch.Tensor | None = None,
+             iters: int = DEFAULT_ITERS) -> dict[str, torch.Tensor]:
+    """Quantize a float [N, K] weight to per-row LUT codes (and CSR outliers for sq*)."""
+    n, k = w.shape
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive int, got {iters!r}")
+    if sensitivity is None:
+        weight = torch.ones(n, k, dtype=torch.float64, device=w.device)
+    else:
+        weight = _check_sensitivity(sensitivity, w)
+    mask = select_outliers(w, spec.outlier_fraction) if spec.sparse else None
+    if mask is not None:
+        weight = weight * (~mask)
+    levels = 2 ** spec.bits
+    c = weighted_kmeans(w, weight, levels, iters, pin_zero=spec.sparse)
+    lut16 = c.to(torch.float16)
+    codes = _assign(w.to(torch.float64), lut16.to(torch.float64))
+    out = {"lut": lut16}
+    if mask is not None:
+        zero_code = lut16.abs().argmin(dim=1, keepdim=True).expand(n, k)
+        codes = torch.where(mask, zero_code, codes)
+        rows, cols = mask.nonzero(as_tuple=True)
+        counts = torch.bincount(rows, minlength=n)
+        row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=w.device)
+        row_ptr[1:] = counts.cumsum(0)
+        out["row_ptr"] = row_ptr.to(torch.int32)
+        out["col_idx"] = cols.to(torch.int32)
+        out["values"] = w[rows, cols].to(torch.float16)
+    out["qweight"] = pack_codes(codes, spec.bits)
+    return out
+
+
+def _check_sensitivity(s, w: torch.Tensor) -> torch.Tensor:
+    if not isinstance(s, torch.Tensor):
+        raise TypeError(f"sensitivity must be a tensor, got {type(s).__name__}")
+    if tuple(s.shape) != tuple(w.shape):
+        raise ValueError(f"sensitivity shape {tuple(s.shape)} does not match weight shape {tuple(w.shape)}")
+    if not s.dtype.is_floating_point:
+        raise TypeError(f"sensitivity must be floating point, got {s.dtype}")
+    s = s.to(device=w.device, dtype=torch.float64)
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError("sensitivity must be finite and non-negative")
+    return s
+
+
+def dense_part(qw, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """LUT[n, q] for every element, without the sparse outliers."""
+    n, k = qw.shape
+    q = unpack_codes(qw["qweight"], qw.spec.bits, k)
+    return torch.gather(qw["lut"].to(torch.float64), 1, q).to(dtype)
+
+
+def sparse_part(qw, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The CSR outliers S as a dense [N, K] tensor (zeros for lut*)."""
+    n, k = qw.shape
+    s = torch.zeros(n, k, dtype=torch.float64, device=qw.device)
+    if qw.spec.sparse and qw["col_idx"].numel():
+        rp = qw["row_ptr"].to(torch.int64)
+        rows = torch.repeat_interleave(torch.arange(n, device=qw.device), rp[1:] - rp[:-1])
+        s.index_put_((rows, qw["col_idx"].to(torch.int64)), qw["values"].to(torch.float64), accumulate=True)
+    return s.to(dtype)
+
+
+def dequantize(qw, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (dense_part(qw) + sparse_part(qw)).to(dtype)
