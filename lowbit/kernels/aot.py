@@ -137,3 +137,34 @@ def format_table(reports) -> str:
         rows.append(f"{r.family:<8} {r.kernel:<28} {r.label:<34} {r.cc:>3} {r.registers:>4} {r.spill_bytes:>5} "
                      f"{r.shared:>7} {r.mma:>5}  {status}")
     return "\n".join(rows)
+
+
+def family_cases(names=None):
+    """AOT cases of the named families (all implemented families when None)."""
+    from . import families
+
+    fams = [f for f in families() if names is None or f.name in names]
+    missing = set(names or ()) - {f.name for f in fams}
+    if missing:
+        raise ValueError(f"unknown kernel families: {sorted(missing)}")
+    for fam in fams:
+        yield from fam.aot_cases()
+
+
+def main(argv=None) -> int:
+    """python -m lowbit.kernels.aot [--family NAME ...]: print the gate table, exit 1 on any problem."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lowbit.kernels.aot")
+    p.add_argument("--family", action="append", help="restrict to these families (repeatable)")
+    p.add_argument("--target", action="append", type=int, choices=TARGETS, help="compute capability (repeatable)")
+    args = p.parse_args(argv)
+    reports = run_gate(family_cases(args.family), tuple(args.target or TARGETS))
+    print(format_table(reports))
+    bad = [r for r in reports if not r.ok]
+    print(f"{len(reports) - len(bad)} ok, {len(bad)} with problems")
+    return 1 if bad or not reports else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
