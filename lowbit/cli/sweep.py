@@ -1,0 +1,159 @@
+"""python -m lowbit sweep: time the kernels against F.linear fp16/bf16 and peers over shapes x M x schemes.
+
+On a GPU the defaults are DESIGN.md's full grid; without one, a tiny Triton-interpreter sweep
+checks the pipeline (its "gpu" column says cpu-interpreter and it writes to a temp directory
+unless --out is given). Results: <out>/<gpu-slug>/<date>-<commit>.csv plus .json and PNG plots.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from ..formats import VALID_GROUP_SIZES, Scheme
+
+_DTYPES = ("fp16", "bf16", "fp32")
+_PATHS = ("auto", "gemv", "gemm")
+
+
+def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    """'4096x4096,11008x4096' -> ((4096, 4096), (11008, 4096)) (N x K, both positive)."""
+    shapes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            n, k = int(parts[0]), int(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad shape {item.strip()!r}: expected NxK such as 4096x4096") from None
+        if n <= 0 or k <= 0:
+            raise argparse.ArgumentTypeError(f"bad shape {item.strip()!r}: N and K must be positive")
+        shapes.append((n, k))
+    return tuple(shapes)
+
+
+def parse_ms(text: str) -> tuple[int, ...]:
+    """'1,16,4096' -> (1, 16, 4096) (positive integers)."""
+    out = []
+    for item in text.split(","):
+        try:
+            m = int(item.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad batch size {item.strip()!r}: expected an integer") from None
+        if m <= 0:
+            raise argparse.ArgumentTypeError(f"bad batch size {m}: M must be positive")
+        out.append(m)
+    return tuple(out)
+
+
+def parse_schemes(text: str) -> tuple[str, ...]:
+    """'int4,nf4' -> ('int4', 'nf4'); 'all' -> every scheme."""
+    if text.strip().lower() == "all":
+        return tuple(s.value for s in Scheme)
+    try:
+        return tuple(Scheme.parse(s.strip()).value for s in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_peers(text: str) -> tuple[str, ...]:
+    """'gemlite,torchao' -> the named peers; 'none' -> ()."""
+    from ..perf.runner import PEER_NAMES
+
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(p.strip().lower() for p in text.split(","))
+    bad = [p for p in names if p not in PEER_NAMES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {bad}; expected some of {', '.join(PEER_NAMES)} or none")
+    return names
+
+
+def parse_paths(text: str) -> tuple[str | None, ...]:
+    """'auto,gemv' -> (None, 'gemv'): kernel paths to time ('auto' lets M choose)."""
+    names = tuple(p.strip().lower() for p in text.split(","))
+    bad = [p for p in names if p not in _PATHS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown path(s) {bad}; expected some of {', '.join(_PATHS)}")
+    return tuple(None if p == "auto" else p for p in names)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", type=parse_shapes, default=None,
+                        help="comma-separated NxK weight shapes (default: DESIGN.md's ten; CPU: 384x384)")
+    parser.add_argument("--m", type=parse_ms, default=None,
+                        help="comma-separated batch sizes M (default: 1,2,4,...,4096; CPU: 1,16)")
+    parser.add_argument("--schemes", type=parse_schemes, default=None,
+                        help="comma-separated lowbit schemes or 'all' (default: all; CPU: int4,lut4,ternary)")
+    parser.add_argument("--out", default=None,
+                        help="results root; files go to <out>/<gpu-slug>/ (default: perf/results on a GPU, "
+                             "a temp directory on the CPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small grid: 2 shapes x M in 1,16,128,4096 x 4 schemes (the CPU grid without a GPU)")
+    parser.add_argument("--dtype", choices=_DTYPES, default="fp16", help="activation dtype of lowbit rows")
+    parser.add_argument("--group-size", type=int, choices=VALID_GROUP_SIZES, default=128,
+                        help="group size of int1..int8 schemes (default 128)")
+    parser.add_argument("--paths", type=parse_paths, default=(None,),
+                        help="kernel paths: auto (M bucket decides), gemv, gemm; comma-separated")
+    parser.add_argument("--peers", type=parse_peers, default=None,
+                        help="peer providers: gemlite,torchao,bitsandbytes (default all) or none")
+    parser.add_argument("--graph-max-m", type=int, default=16,
+                        help="also time under CUDA-graph replay for M <= this (default 16)")
+    parser.add_argument("--no-graph", action="store_true", help="skip CUDA-graph rows")
+    parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warmup (ms)")
+    parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measurement time (ms)")
+    parser.add_argument("--cpu-reps", type=int, default=3, help="timed calls per case on the CPU")
+    parser.add_argument("--no-check", action="store_true", help="skip the rel_err check against the fp64 oracle")
+    parser.add_argument("--no-plots", action="store_true", help="write the CSV and JSON only")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _resolve(args, cuda: bool) -> dict:
+    from ..perf.runner import ALL_SCHEMES, CPU_DEFAULT, DESIGN_MS, DESIGN_SHAPES, PEER_NAMES, QUICK_GPU
+
+    base = (QUICK_GPU if cuda else CPU_DEFAULT) if (args.quick or not cuda) else \
+        {"shapes": DESIGN_SHAPES, "ms": DESIGN_MS, "schemes": ALL_SCHEMES}
+    return {"shapes": args.shapes or base["shapes"], "ms": args.m or base["ms"],
+            "schemes": args.schemes or base["schemes"],
+            "peers": PEER_NAMES if args.peers is None else args.peers}
+
+
+def run(args) -> int:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel modules are first imported
+    from ..perf import BenchSettings, SweepConfig, headline, run_sweep, write_results
+
+    grid = _resolve(args, cuda)
+    if not cuda and any(n * k > 1 << 20 for n, k in grid["shapes"]):
+        print("lowbit sweep: no GPU; large shapes under the Triton interpreter will be very slow", file=sys.stderr)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    cfg = SweepConfig(shapes=tuple(grid["shapes"]), ms=tuple(grid["ms"]), schemes=tuple(grid["schemes"]),
+                      device=torch.device("cuda" if cuda else "cpu"), act_dtype=dtype, group_size=args.group_size,
+                      paths=tuple(args.paths), peers=tuple(grid["peers"]),
+                      graph_max_m=0 if args.no_graph else args.graph_max_m, check=not args.no_check,
+                      settings=BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, cpu_reps=args.cpu_reps),
+                      seed=args.seed)
+    out = args.out or ("perf/results" if cuda else os.path.join(tempfile.gettempdir(), "lowbit-sweep"))
+    df, info = run_sweep(cfg)
+    paths = write_results(df, info, out, plots=not args.no_plots)
+    table = headline(df, ms=tuple(m for m in (1, 16, 4096) if m in cfg.ms) or cfg.ms[:3])
+    if not table.empty:
+        print("speedup vs fp16 F.linear (geometric mean over shapes):")
+        print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    notes = df[df["median_us"].isna()]
+    if len(notes):
+        print(f"{len(notes)} row(s) without timings (see the note column), e.g.:")
+        for r in notes.head(8).itertuples():
+            print(f"  {r.provider} {r.scheme}: {r.note}")
+    if not cuda:
+        print("(CPU / Triton interpreter timings: they test the pipeline, not GPU speed -- do not commit them)")
+    print(f"wrote {paths['csv']}")
+    print(f"wrote {paths['json']}")
+    for p in paths["plots"]:
+        print(f"wrote {p}")
+    return 0
