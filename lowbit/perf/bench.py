@@ -114,9 +114,13 @@ def time_graph(calls: Sequence[Callable[[], object]], device: torch.device,
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
     keep = []
-    with torch.cuda.graph(graph):
-        for i in range(n):
-            keep.append(calls[i % len(calls)]())
+    try:
+        with torch.cuda.graph(graph):
+            for i in range(n):
+                keep.append(calls[i % len(calls)]())
+    except Exception:
+        torch.cuda.synchronize(device)  # let a failed capture finish before the sweep goes on
+        raise
     res = do_bench(graph.replay, warmup=settings.warmup_ms, rep=settings.rep_ms, quantiles=list(QUANTILES))
     del graph, keep
     return _to_timing(res, scale=n)
