@@ -367,6 +367,19 @@ class QuantizedWeight:
                 raise TypeError(f"{self.scheme.value} tensor {name!r} has dtype {t.dtype}, expected one of {rule.dtypes}")
         if isinstance(self.spec, LUTSpec) and self.spec.sparse:
             self._validate_csr()
+        if isinstance(self.spec, TernarySpec):
+            self._validate_ternary_codes()
+
+    def _validate_ternary_codes(self) -> None:
+        """Reject code 3 (not t + 1 for a ternary t) here, so the kernels' forward needs no check or sync.
+
+        A 2-bit field holds 3 exactly when both its bits are set: one pass over the packed int32
+        words, no unpacked copy (bit 30 of ``q >> 1`` is the sign bit 31 of ``q``).
+        """
+        q = self.tensors["qweight"]
+        if q.device.type != "meta" and bool(((q & (q >> 1)) & 0x55555555).any()):
+            raise ValueError("ternary qweight holds code 3, which is not a ternary value "
+                             "(codes must be t + 1 in {0, 1, 2})")
 
     def _validate_csr(self) -> None:
         rp, ci = self.tensors["row_ptr"], self.tensors["col_idx"]

@@ -77,6 +77,9 @@ class AotCase:
     label: str
     expects_tensor_cores: bool = False
     integer_mma: bool = False
+    # argument names a JIT launch on aligned shapes specialises as multiples of 16 (pointers, dims,
+    # strides); the gate passes them as tt.divisibility attributes so it compiles what runs
+    divisible_by_16: tuple = ()
 
 
 def interpreting() -> bool:

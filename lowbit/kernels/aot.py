@@ -99,7 +99,8 @@ def compile_case(case: AotCase, cc: int) -> CompileReport:
     rep = CompileReport(case.family, getattr(case.kernel, "__name__", str(case.kernel)), case.label, cc,
                         expects_tensor_cores=case.expects_tensor_cores, integer_mma=case.integer_mma)
     try:
-        src = ASTSource(case.kernel, dict(case.signature), constexprs=dict(case.constexprs))
+        attrs = {(case.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16}
+        src = ASTSource(case.kernel, dict(case.signature), constexprs=dict(case.constexprs), attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", cc, 32),
                             options={"num_warps": case.config.num_warps, "num_stages": case.config.num_stages})
         res, sass = _inspect_cubin(ck.asm["cubin"])
