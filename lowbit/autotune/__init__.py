@@ -1,9 +1,21 @@
-"""Per-GPU kernel configs: search spaces come from each family; this package caches the winners.
+"""Per-GPU kernel configs: search spaces come from each family; this package tunes and caches the winners.
 
-:func:`lookup` is called on every forward and must stay cheap: it never benchmarks.
+:func:`lookup` is called on every forward and must stay cheap: it never benchmarks unless
+online tuning was turned on (:func:`enable_online_tuning` or ``LOWBIT_AUTOTUNE=1``).
+The tuner (:mod:`lowbit.autotune.tuner`) is imported on demand; it needs a GPU to time.
 """
 from __future__ import annotations
 
-from .cache import lookup
+from .cache import (AutotuneCacheWarning, CacheKey, GpuInfo, clear, enable_online_tuning, lookup,
+                    online_tuning_enabled, record, user_path)
 
-__all__ = ["lookup"]
+
+def prune(configs, **kwargs):
+    """Filter a search space by group size, K and shared memory (see :func:`lowbit.autotune.tuner.prune`)."""
+    from .tuner import prune as _prune
+
+    return _prune(configs, **kwargs)
+
+
+__all__ = ["lookup", "prune", "record", "enable_online_tuning", "online_tuning_enabled", "clear",
+           "user_path", "CacheKey", "GpuInfo", "AutotuneCacheWarning"]

@@ -1,0 +1,103 @@
+"""python -m lowbit check: compile every kernel x config for sm_80/sm_90 without a GPU and gate the results.
+
+Prints one row per (kernel, config, target) with registers, spill bytes, shared memory and
+tensor-core instruction count, and exits 1 on a compile error, a spill or shared memory
+over the device limit. Triton's compile cache ($TRITON_CACHE_DIR, defaulting to
+<checkout>/.triton-cache) makes a second run cheap. The interpreter must be off: when
+TRITON_INTERPRET is set the command re-runs itself in a subprocess without it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+TARGETS = (80, 90)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--family", action="append", metavar="NAME",
+                   help="only this kernel family (repeatable; default: every implemented family)")
+    p.add_argument("--target", action="append", type=int, choices=TARGETS, metavar="CC",
+                   help="compute capability 80 or 90 (repeatable; default both)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke subset: per kernel, its first config and its largest tile config")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="compile in this many processes (default: min(2, CPUs))")
+
+
+def _argv(args) -> list[str]:
+    out = ["check"]
+    for name in args.family or ():
+        out += ["--family", name]
+    for cc in args.target or ():
+        out += ["--target", str(cc)]
+    if args.quick:
+        out.append("--quick")
+    out += ["--jobs", str(args.jobs)]
+    return out
+
+
+def _reexec(args) -> int:
+    """Run the same command in a fresh interpreter with TRITON_INTERPRET removed from its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    print("lowbit check: TRITON_INTERPRET is set; re-running without it", file=sys.stderr)
+    return subprocess.run([sys.executable, "-m", "lowbit", *_argv(args)], env=env).returncode
+
+
+class _Progress:
+    """One status line per compiled case on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty, self.t0 = stream, stream.isatty(), time.monotonic()
+
+    def __call__(self, i: int, n: int, rep) -> None:
+        status = "ok" if rep.ok else "FAIL: " + "; ".join(rep.problems)
+        msg = (f"[{i:>4}/{n}] {time.monotonic() - self.t0:6.1f}s {rep.family} {rep.kernel} {rep.label} "
+               f"sm_{rep.cc} {status}")
+        if self.tty:
+            self.stream.write("\r\x1b[K" + msg[:150] + ("\n" if i == n or not rep.ok else ""))
+        else:
+            self.stream.write(msg + "\n")
+        self.stream.flush()
+
+
+def run(args) -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return _reexec(args)
+    from ..kernels import aot
+
+    aot.prepare_environment()
+
+    targets = tuple(dict.fromkeys(args.target or TARGETS))
+    try:
+        from ..kernels import families
+
+        known = [f.name for f in families()]
+    except Exception as e:  # a family module that does not import is a gate failure, not a traceback
+        print(f"lowbit check: cannot import the kernel families: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    unknown = sorted(set(args.family or ()) - set(known))
+    if unknown:
+        print(f"lowbit check: unknown kernel families {unknown}; implemented: {known}", file=sys.stderr)
+        return 2
+    if not known:
+        print("lowbit check: no kernel family is implemented: nothing to compile", file=sys.stderr)
+        return 1
+    names = args.family or known
+    print(f"lowbit check: compiling {', '.join(names)} for {', '.join(f'sm_{t}' for t in targets)} "
+          f"(TRITON_CACHE_DIR={os.environ['TRITON_CACHE_DIR']}, {args.jobs} job(s))", file=sys.stderr)
+    t0 = time.monotonic()
+    try:
+        reports = aot.run_families(names, targets, jobs=max(1, args.jobs), quick=args.quick, progress=_Progress())
+    except Exception as e:  # e.g. a family's aot_cases() raising
+        print(f"lowbit check: could not build the compile cases: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(aot.format_table(reports))
+    bad = [r for r in reports if not r.ok]
+    print(f"{len(reports)} compiled ({len(reports) - len(bad)} ok, {len(bad)} with problems) "
+          f"in {time.monotonic() - t0:.0f}s")
+    for r in bad:
+        print(f"FAIL {r.family} {r.kernel} {r.label} sm_{r.cc}: {'; '.join(r.problems)}", file=sys.stderr)
+    return 1 if bad or not reports else 0
