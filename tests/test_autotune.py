@@ -492,3 +492,29 @@ def test_tune_without_gpu_exits_2_with_one_line():
     assert proc.stderr.strip().splitlines() == [
         "lowbit tune: no CUDA GPU found: autotuning needs one (use --dry-run to list the plan)"]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_tune_command_end_to_end_with_fake_timer(monkeypatch, capsys):
+    """The tune command's loop, summary table and cache write, with the GPU parts stood in for."""
+    from lowbit.__main__ import main
+    from lowbit.cli import tune as tune_cli
+
+    fam = FakeFamily([KernelConfig(block_k=16), KernelConfig(block_k=32), BROKEN])
+    times = {KernelConfig(): 10.0, KernelConfig(block_k=16): 4.0, KernelConfig(block_k=32): 5.0, BROKEN: 1.0}
+    monkeypatch.setattr(tune_cli, "_no_gpu_reason", lambda: None)
+    monkeypatch.setattr(cache, "gpu_info", lambda device=None: GPU)
+    monkeypatch.setattr("lowbit.kernels.family_for", lambda scheme: fam)
+    monkeypatch.setattr(tune_cli, "_weight", lambda job, store: _qw("int4", n=job.n, k=job.k, group_size=64))
+    monkeypatch.setattr(tuner, "do_bench_timer", lambda fn, cfg: times[cfg])
+    rc = main(["tune", "--shapes", "40x128", "--schemes", "int4", "--m", "1,16", "--group-size", "64",
+               "--dtype", "float32"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["key", "best", "config", "us", "heuristic", "us", "speedup"]
+    assert len(lines) == 5 and "2 key(s) tuned, 0 failed" in lines[-1]
+    assert all("4.00" in ln and "10.00" in ln and "2.50x" in ln for ln in lines[2:4])
+    assert "[2/2]" in err
+    entries = cache.read_entries(cache.user_path(GPU))
+    assert sorted((e["path"], e["m_bucket"]) for e in entries) == [("gemm", 16), ("gemv", 1)]
+    assert all(e["config"] == KernelConfig(block_k=16).to_dict() and e["dtype"] == "float32" for e in entries)
