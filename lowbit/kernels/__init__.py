@@ -5,6 +5,7 @@ Modules import triton, so this package is imported lazily by :func:`lowbit.linea
 from __future__ import annotations
 
 import importlib
+import sys
 
 import torch
 
@@ -20,12 +21,16 @@ def families() -> list[KernelFamily]:
     """Every kernel family that is implemented, in a fixed order."""
     out = []
     for mod_name in _FAMILY_MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{mod_name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{mod_name}":
-                continue
-            raise
+        # sys.modules first: torch.compile (dynamo) can trace a dict lookup but not importlib,
+        # so a forward traced after the families were imported once stays one graph.
+        mod = sys.modules.get(f"{__name__}.{mod_name}")
+        if mod is None:
+            try:
+                mod = importlib.import_module(f"{__name__}.{mod_name}")
+            except ModuleNotFoundError as e:
+                if e.name == f"{__name__}.{mod_name}":
+                    continue
+                raise
         out.append(mod.FAMILY)
     return out
 

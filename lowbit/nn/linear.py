@@ -1,0 +1,167 @@
+"""QuantLinear: an nn.Linear replacement that stores a QuantizedWeight and runs the Triton kernels.
+
+One module serves every scheme. The packed tensors are registered as buffers named after the
+QuantizedWeight's tensors (``qweight``, ``scales``, ``zeros``, ``absmax``, ``lut``, ...), so
+``.to()``, ``state_dict()`` and ``load_state_dict()`` work as for any module; the scheme, spec
+and shape are plain Python attributes.
+"""
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import nn
+
+from ..formats import QuantizedWeight, Scheme
+
+
+class Backend(str, enum.Enum):
+    """Which implementation QuantLinear.forward calls."""
+
+    TRITON = "triton"  # lowbit.linear: the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1)
+    REFERENCE = "reference"  # lowbit.reference.linear: the float64 PyTorch oracle (slow, any device)
+
+    @classmethod
+    def parse(cls, value: "Backend | str") -> "Backend":
+        if isinstance(value, Backend):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise ValueError(f"unknown backend {value!r}; expected 'triton' or 'reference'") from None
+
+
+def _unchecked(scheme: Scheme, spec, shape: tuple[int, int], tensors: dict) -> QuantizedWeight:
+    """A QuantizedWeight over tensors that were validated already (no host sync: safe in a forward)."""
+    qw = object.__new__(QuantizedWeight)
+    qw.scheme = scheme
+    qw.spec = spec
+    qw.shape = shape
+    qw.tensors = tensors
+    return qw
+
+
+def _load_families() -> None:
+    """Import the kernel families now: a forward traced by torch.compile must find them loaded."""
+    from .. import kernels
+
+    kernels.families()
+
+
+class QuantLinear(nn.Module):
+    """y = x . W^T + b with W stored in a low-bit scheme; a drop-in replacement for nn.Linear.
+
+    Build one with :meth:`from_linear` (quantizes an nn.Linear) or from an existing
+    QuantizedWeight. ``backend="triton"`` (default) runs :func:`lowbit.linear`;
+    ``backend="reference"`` runs :func:`lowbit.reference.linear` for debugging or for a CPU
+    without the Triton interpreter.
+
+    Dtype casts of the module (``.half()``, ``.to(torch.bfloat16)``) apply to the bias only:
+    the quantized tensors keep their stored dtypes, and only their device moves.
+    """
+
+    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
+                 backend: Backend | str = Backend.TRITON):
+        super().__init__()
+        if not isinstance(qw, QuantizedWeight):
+            raise TypeError(f"QuantLinear needs a lowbit.QuantizedWeight, got {type(qw).__name__}")
+        qw.validate()
+        self.scheme: Scheme = qw.scheme
+        self.spec = qw.spec
+        self.out_features, self.in_features = qw.shape
+        self.backend = backend
+        self._tensor_names: tuple[str, ...] = tuple(qw.tensors)
+        for name, t in qw.tensors.items():
+            self.register_buffer(name, t)
+        if bias is not None:
+            if not isinstance(bias, torch.Tensor):
+                raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+            if tuple(bias.shape) != (self.out_features,):
+                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
+            if bias.device != qw.device:
+                raise ValueError(f"bias is on {bias.device} but the weight is on {qw.device}")
+            self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: Scheme | str, *,
+                    backend: Backend | str = Backend.TRITON, **options) -> "QuantLinear":
+        """Quantize `linear`'s weight with `scheme` and options (group_size, symmetric, ...); keeps its bias."""
+        from ..reference import quantize_weight
+
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
+        qw = quantize_weight(linear.weight, scheme, **options)
+        return cls(qw, linear.bias, backend=backend)
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Backend | str) -> None:
+        self._backend = Backend.parse(value)
+        if self._backend is Backend.TRITON:
+            _load_families()
+
+    # -- the weight ------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """The stored weight as a validated QuantizedWeight sharing this module's buffers."""
+        return QuantizedWeight(self.scheme, self.spec, self.shape,
+                               {name: getattr(self, name) for name in self._tensor_names})
+
+    @property
+    def bits_per_weight(self) -> float:
+        nbytes = sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self._tensor_names)
+        return 8.0 * nbytes / (self.out_features * self.in_features)
+
+    def options(self) -> dict:
+        """The scheme's options as keyword arguments (what quantize_weight was given)."""
+        return _unchecked(self.scheme, self.spec, self.shape, {}).options()
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qw = _unchecked(self.scheme, self.spec, self.shape,
+                        {name: getattr(self, name) for name in self._tensor_names})
+        if self.backend is Backend.REFERENCE:
+            from .. import reference
+
+            return reference.linear(x, qw, self.bias)
+        from .. import linear
+
+        return linear(x, qw, self.bias)
+
+    def extra_repr(self) -> str:
+        opts = "".join(f", {k}={v}" for k, v in self.options().items())
+        return (f"scheme={self.scheme.value}, in_features={self.in_features}, out_features={self.out_features}"
+                f"{opts}, bits_per_weight={self.bits_per_weight:.3f}, bias={self.bias is not None}, "
+                f"backend={self.backend.value}")
+
+    # -- device moves and state dicts ------------------------------------------------------
+    def _apply(self, fn, recurse=True):
+        """Move the quantized buffers with the module but never change their dtypes."""
+        saved = {name: self._buffers.pop(name) for name in self._tensor_names}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in saved.items():
+                target = fn(torch.empty(0, dtype=t.dtype, device=t.device)).device
+                self._buffers[name] = t if t.device == target else t.to(target)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Shapes must match exactly (same scheme, options and [N, K]); then check the values too.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if any(prefix + n in state_dict for n in self._tensor_names):
+            try:
+                self.quantized_weight()
+            except (ValueError, TypeError) as e:
+                error_msgs.append(f"{prefix.rstrip('.') or 'QuantLinear'}: loaded tensors are not a valid "
+                                  f"{self.scheme.value} weight: {e}")

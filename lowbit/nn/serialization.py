@@ -1,0 +1,269 @@
+"""save_quantized / load_quantized: a quantized model in one safetensors file (no pickle).
+
+The file holds the model's whole state dict (packed tensors of every QuantLinear plus the
+float tensors of the other modules; tied tensors are stored once). Its string metadata has:
+
+- ``format`` = "lowbit.quantized" and ``format_version`` = "1";
+- ``layers``: JSON {layer name: {scheme, options, shape [N, K], bias, tensors, shared_with}};
+- ``tensors``: JSON {key: {sha256, dtype, shape}} for every stored tensor;
+- ``aliases``: JSON {key: stored key} for tensors that share storage (tied weights);
+- ``digest``: sha256 of the other metadata entries, so an edited header is detected.
+
+Loading checks all of it, then builds every QuantLinear before swapping any, so a bad file
+raises ValueError and leaves the model unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from ..formats import QuantizedWeight, Scheme, make_spec
+from .linear import Backend, QuantLinear
+from .swap import set_submodule
+
+FORMAT_NAME = "lowbit.quantized"
+FORMAT_VERSION = 1
+_HINT = "pip install safetensors (or: pip install 'lowbit[io]')"
+
+
+def _safetensors():
+    """Import safetensors, or raise ImportError with a one-line install hint."""
+    try:
+        import safetensors
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        raise ImportError(f"lowbit.save_quantized/load_quantized need the 'safetensors' package: {_HINT}") from None
+    return safetensors
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's raw bytes in row-major order."""
+    b = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(memoryview(b)).hexdigest()
+
+
+def metadata_digest(meta: dict[str, str]) -> str:
+    """sha256 over every metadata entry except the digest itself (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
+    return {fqn: m for fqn, m in model.named_modules(remove_duplicate=False) if isinstance(m, QuantLinear)}
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write `model` (with QuantLinear layers from quantize_) to a safetensors file at `path`."""
+    st = _safetensors()
+    layers = _quant_layers(model)
+    if not layers:
+        raise ValueError("the model has no QuantLinear layers; call lowbit.quantize_(model, scheme) first")
+    layer_meta: dict[str, dict] = {}
+    first_name: dict[int, str] = {}
+    for fqn, m in layers.items():
+        layer_meta[fqn] = {"scheme": m.scheme.value, "options": m.options(), "shape": list(m.shape),
+                           "bias": m.bias is not None, "tensors": list(m._tensor_names)}
+        if id(m) in first_name:
+            layer_meta[fqn]["shared_with"] = first_name[id(m)]
+        first_name.setdefault(id(m), fqn)
+
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for key, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"state entry {key!r} is a {type(t).__name__}, not a tensor; safetensors stores tensors only")
+        ident = (t.device, t.dtype, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if t.numel() and ident in seen:
+            aliases[key] = seen[ident]
+            continue
+        if t.numel():
+            seen[ident] = key
+        stored[key] = t.detach().to("cpu", copy=True).contiguous()
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "layers": json.dumps(layer_meta, sort_keys=True),
+        "tensors": json.dumps({k: {"sha256": tensor_sha256(t), "dtype": str(t.dtype).removeprefix("torch."),
+                                   "shape": list(t.shape)} for k, t in stored.items()}, sort_keys=True),
+        "aliases": json.dumps(aliases, sort_keys=True),
+    }
+    from .. import __version__
+
+    meta["lowbit_version"] = __version__
+    meta["digest"] = metadata_digest(meta)
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".lowbit-", suffix=".safetensors.tmp", dir=folder)
+    os.close(fd)
+    try:
+        st.torch.save_file(stored, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _read(path: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    st = _safetensors()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with st.safe_open(path, framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            _check_header(meta, path)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except ValueError:
+        raise
+    except Exception as e:  # SafetensorError, OSError: a damaged or foreign file
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): "
+                         f"{type(e).__name__}: {e}") from None
+    return meta, tensors
+
+
+def _check_header(meta: dict[str, str], path: str) -> None:
+    if meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a lowbit quantized file (metadata 'format' is {meta.get('format')!r}, "
+                         f"expected {FORMAT_NAME!r}); write one with lowbit.save_quantized")
+    version = meta.get("format_version")
+    if version != str(FORMAT_VERSION):
+        raise ValueError(f"{path} has lowbit format version {version!r}, but this lowbit reads version "
+                         f"{FORMAT_VERSION} only (written by lowbit {meta.get('lowbit_version', '?')})")
+    if meta.get("digest") != metadata_digest(meta):
+        raise ValueError(f"{path}: metadata digest mismatch: the file's metadata was edited or corrupted")
+
+
+def _json(meta: dict[str, str], key: str, path: str) -> dict:
+    try:
+        value = json.loads(meta[key])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: metadata entry {key!r} is missing or not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: metadata entry {key!r} must be a JSON object")
+    return value
+
+
+def _check_tensors(records: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
+    if set(records) != set(tensors):
+        raise ValueError(f"{path}: the stored tensors {sorted(set(tensors) ^ set(records))[:5]} do not match "
+                         "the metadata's tensor list (file edited?)")
+    for key, t in tensors.items():
+        rec = records[key]
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: bad metadata record for tensor {key!r}")
+        if rec.get("dtype") != str(t.dtype).removeprefix("torch.") or rec.get("shape") != list(t.shape):
+            raise ValueError(f"{path}: tensor {key!r} is {str(t.dtype)} {list(t.shape)} but the metadata says "
+                             f"{rec.get('dtype')} {rec.get('shape')} (file edited?)")
+        if rec.get("sha256") != tensor_sha256(t):
+            raise ValueError(f"{path}: tensor {key!r} fails its sha256 check: the file is corrupted or was edited")
+
+
+def _build_layer(fqn: str, rec: dict, model: nn.Module, tensors: dict[str, torch.Tensor],
+                 backend: Backend, path: str) -> QuantLinear:
+    """Check one layer record against the file and the model and build its QuantLinear."""
+    try:
+        scheme = Scheme.parse(rec["scheme"])
+        spec = make_spec(scheme, **rec["options"])
+        shape = tuple(int(d) for d in rec["shape"])
+        names = list(rec["tensors"])
+        has_bias = bool(rec["bias"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record: {type(e).__name__}: {e}") from None
+    try:
+        current = model.get_submodule(fqn)
+    except AttributeError:
+        raise ValueError(f"{path}: the file has a quantized layer {fqn!r} that the model does not have "
+                         "(a different architecture?)") from None
+    if isinstance(current, QuantLinear):
+        if current.scheme is not scheme or current.options() != spec_options(scheme, spec) or current.shape != shape:
+            raise ValueError(f"layer {fqn!r} is already quantized as {current.scheme.value} {current.options()} "
+                             f"{current.shape}, but the file has {scheme.value} {rec['options']} {shape}")
+        device = current.qweight.device
+        model_bias = current.bias is not None
+    elif isinstance(current, nn.Linear):
+        if (current.out_features, current.in_features) != shape:
+            raise ValueError(f"layer {fqn!r}: the file has shape [N, K] = {list(shape)} but the model's nn.Linear "
+                             f"has out_features={current.out_features}, in_features={current.in_features}")
+        device = current.weight.device
+        model_bias = current.bias is not None
+    else:
+        raise ValueError(f"layer {fqn!r} is a {type(current).__name__} in the model; the file has a quantized "
+                         "linear layer there")
+    if model_bias != has_bias:
+        raise ValueError(f"layer {fqn!r}: bias={has_bias} in the file but bias={model_bias} in the model")
+    missing = [n for n in names + (["bias"] if has_bias else []) if f"{fqn}.{n}" not in tensors]
+    if missing:
+        raise ValueError(f"{path}: layer {fqn!r} lacks tensors {missing}")
+    try:
+        qw = QuantizedWeight(scheme, spec, shape, {n: tensors[f"{fqn}.{n}"].to(device) for n in names})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: layer {fqn!r}: the stored tensors do not form a valid {scheme.value} "
+                         f"{list(shape)} weight: {e}") from None
+    bias = tensors[f"{fqn}.bias"].to(device) if has_bias else None
+    return QuantLinear(qw, bias, backend=backend)
+
+
+def spec_options(scheme: Scheme, spec) -> dict:
+    """The options dict of a spec, as QuantLinear.options() reports it."""
+    from .linear import _unchecked
+
+    return _unchecked(scheme, spec, (1, 1), {}).options()
+
+
+def load_quantized(model: nn.Module, path: str | os.PathLike, *,
+                   backend: Backend | str = Backend.TRITON) -> nn.Module:
+    """Load a file from save_quantized into `model` (same architecture, float or already quantized).
+
+    Swaps a QuantLinear (with `backend`) in at every layer the file lists and loads every other
+    tensor of the state dict; returns the model. Raises ValueError for a damaged, edited,
+    foreign or mismatched file; the model is unchanged when it does.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_quantized needs an nn.Module, got {type(model).__name__}")
+    backend = Backend.parse(backend)
+    path = os.fspath(path)
+    meta, stored = _read(path)
+    layers = _json(meta, "layers", path)
+    records = _json(meta, "tensors", path)
+    aliases = _json(meta, "aliases", path)
+    _check_tensors(records, stored, path)
+    bad_alias = {k: v for k, v in aliases.items() if v not in stored or k in stored}
+    if bad_alias:
+        raise ValueError(f"{path}: bad tensor aliases {bad_alias}")
+    tensors = dict(stored)
+    tensors.update({k: stored[v] for k, v in aliases.items()})
+
+    new: dict[str, QuantLinear] = {}
+    for fqn, rec in sorted(layers.items(), key=lambda kv: "shared_with" in kv[1]):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record")
+        owner = rec.get("shared_with")
+        new[fqn] = new[owner] if owner in new else _build_layer(fqn, rec, model, tensors, backend, path)
+
+    # The rest of the state dict: same keys and shapes as the model, checked before any change.
+    def in_layer(key: str) -> bool:
+        return key.rpartition(".")[0] in new
+
+    expected = {k: v for k, v in model.state_dict().items() if not in_layer(k)}
+    rest = {k: v for k, v in tensors.items() if not in_layer(k)}
+    if set(expected) != set(rest):
+        lacking, extra = sorted(set(expected) - set(rest)), sorted(set(rest) - set(expected))
+        raise ValueError(f"{path} does not match the model's architecture: tensors missing from the file "
+                         f"{lacking[:5]}{'...' if len(lacking) > 5 else ''}, tensors the model does not have "
+                         f"{extra[:5]}{'...' if len(extra) > 5 else ''}")
+    for k, v in rest.items():
+        if isinstance(expected[k], torch.Tensor) and tuple(expected[k].shape) != tuple(v.shape):
+            raise ValueError(f"{path}: tensor {k!r} has shape {list(v.shape)} but the model expects "
+                             f"{list(expected[k].shape)}")
+
+    for fqn, layer in new.items():
+        set_submodule(model, fqn, layer)
+    model.load_state_dict(rest, strict=False)
+    return model

@@ -1,0 +1,132 @@
+"""quantize_: swap a model's nn.Linear layers for QuantLinear in place.
+
+Rules (documented in :func:`quantize_`): only modules whose type is exactly ``nn.Linear`` are
+candidates; existing QuantLinear layers are never re-quantized (a second call is a no-op for
+them, so several calls can give different parts of a model different schemes); every layer is
+checked and quantized before any is swapped, so an error leaves the model untouched.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..formats import NF4Spec, Scheme, UniformSpec, make_spec
+from .linear import Backend, QuantLinear
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+def _matches(fqn: str, pattern: str) -> bool:
+    """A skip entry names a layer by its full name, its last components, or a parent module."""
+    return fqn == pattern or fqn.endswith("." + pattern) or fqn.startswith(pattern + ".")
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every nn.Linear / QuantLinear by qualified name, shared modules listed at each of their names."""
+    out = {}
+    for fqn, mod in model.named_modules(remove_duplicate=False):
+        if fqn and (type(mod) is nn.Linear or isinstance(mod, QuantLinear)):
+            out[fqn] = mod
+    return out
+
+
+def set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted name `fqn` (works inside nn.Sequential/ModuleList too)."""
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def group_conflict(spec, in_features: int) -> int | None:
+    """The group size that does not divide `in_features`, or None when the layer fits the spec."""
+    if isinstance(spec, (UniformSpec, NF4Spec)) and spec.group_size != -1 and in_features % spec.group_size:
+        return spec.group_size
+    return None
+
+
+def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | None = None,
+              skip: Iterable[str] = ("lm_head",), skip_incompatible: bool = False,
+              backend: Backend | str = Backend.TRITON,
+              sensitivity: dict[str, torch.Tensor] | None = None, **options) -> nn.Module:
+    """Replace the model's nn.Linear layers with QuantLinear(scheme, **options) in place; returns `model`.
+
+    - Candidates are modules whose type is exactly ``nn.Linear`` (subclasses such as
+      MultiheadAttention's out_proj, whose ``.weight`` is read directly, are left alone).
+    - ``skip``: names of layers to keep in float; an entry matches a layer's full name, its
+      trailing components (``"lm_head"`` matches ``"model.lm_head"``) or a parent module
+      (``"encoder.layer.0"``). The default keeps ``lm_head`` (often tied to the embeddings).
+    - ``filter_fn(module, fqn) -> bool``: quantize only the layers for which it returns True.
+    - Layers that are already QuantLinear are left exactly as they are: calling quantize_
+      twice is a no-op for them (a warning says so when a call swaps nothing), and calls with
+      different filters can mix schemes in one model.
+    - A layer whose ``in_features`` is not divisible by ``group_size`` raises ValueError naming
+      it, unless ``skip_incompatible=True``, which keeps such layers in float (with a warning).
+    - ``sensitivity``: optional {fqn: [N, K] tensor} for the lut*/sq* k-means.
+    - Options (``group_size``, ``symmetric``, ``outlier_fraction``, ``per_channel``, ``iters``)
+      are those of :func:`lowbit.quantize_weight`. ``backend`` is passed to every QuantLinear.
+
+    All checks and quantization happen before the first swap: on error the model is unchanged.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_ needs an nn.Module, got {type(model).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn must be callable(module, fqn) -> bool, got {type(filter_fn).__name__}")
+    if isinstance(skip, str):
+        skip = (skip,)
+    skip = tuple(skip or ())
+    scheme = Scheme.parse(scheme)
+    backend = Backend.parse(backend)
+    spec = make_spec(scheme, **options)  # rejects unknown options before any work
+    if sensitivity is not None and not isinstance(sensitivity, dict):
+        raise TypeError("sensitivity must be a dict {layer name: [N, K] tensor} for quantize_ "
+                        "(use QuantLinear.from_linear for a single layer)")
+
+    layers = linear_layers(model)
+    already = [fqn for fqn, m in layers.items() if isinstance(m, QuantLinear)]
+    chosen: list[str] = []
+    incompatible: list[str] = []
+    for fqn, mod in layers.items():
+        if isinstance(mod, QuantLinear) or any(_matches(fqn, s) for s in skip):
+            continue
+        if filter_fn is not None and not filter_fn(mod, fqn):
+            continue
+        gs = group_conflict(spec, mod.in_features)
+        if gs is not None:
+            if not skip_incompatible:
+                raise ValueError(f"layer {fqn!r} has in_features={mod.in_features}, which is not divisible by "
+                                 f"group_size={gs}; choose another group_size (or -1), skip the layer, "
+                                 "or pass skip_incompatible=True to keep such layers in float")
+            incompatible.append(fqn)
+            continue
+        chosen.append(fqn)
+    if sensitivity is not None:
+        unknown = sorted(set(sensitivity) - set(chosen))
+        if unknown:
+            raise ValueError(f"sensitivity names layers that are not being quantized: {unknown}")
+
+    # Quantize everything first (a module shared under several names is quantized once).
+    new_by_id: dict[int, QuantLinear] = {}
+    for fqn in chosen:
+        mod = layers[fqn]
+        if id(mod) in new_by_id:
+            continue
+        opts = dict(options)
+        if sensitivity is not None and fqn in sensitivity:
+            opts["sensitivity"] = sensitivity[fqn]
+        try:
+            new_by_id[id(mod)] = QuantLinear.from_linear(mod, scheme, backend=backend, **opts)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"layer {fqn!r}: {e}") from e
+    for fqn in chosen:
+        set_submodule(model, fqn, new_by_id[id(layers[fqn])])
+
+    if incompatible:
+        warnings.warn(f"quantize_: kept {len(incompatible)} layer(s) in float because in_features is not "
+                      f"divisible by group_size: {incompatible}", stacklevel=2)
+    if not chosen and already:
+        warnings.warn(f"quantize_ swapped no layers: {len(already)} layer(s) are already QuantLinear and are "
+                      "left unchanged", stacklevel=2)
+    return model
