@@ -273,6 +273,14 @@ def _worker_run(scheme):
     return run_scheme(_WORKER[0], scheme)
 
 
+_COST = {"sq4": 5, "sq3": 4, "lut4": 3, "lut3": 3, "int3": 2, "ternary": 2}
+
+
+def _cost(scheme: str) -> int:
+    """Rough relative run time of a scheme under the interpreter (used only to order the work)."""
+    return _COST.get(scheme, 1)
+
+
 def _results(setup: _Setup, args, schemes: list[str], jobs: int):
     """Yield (scheme, result dict or exception) in the order of `schemes`."""
     if jobs <= 1:
@@ -287,8 +295,11 @@ def _results(setup: _Setup, args, schemes: list[str], jobs: int):
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(args, setup.device)) as pool:
-        futures = [(scheme, pool.submit(_worker_run, scheme)) for scheme in schemes]
-        for scheme, fut in futures:
+        # longest first (k-means quantization, 3-bit words, int8 dots under the interpreter), so no
+        # worker is left with a long scheme at the end; rows are still printed in `schemes` order
+        futures = {scheme: pool.submit(_worker_run, scheme) for scheme in sorted(schemes, key=_cost, reverse=True)}
+        for scheme in schemes:
+            fut = futures[scheme]
             try:
                 yield scheme, fut.result()
             except Exception as e:

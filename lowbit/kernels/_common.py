@@ -87,6 +87,29 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def on_interpreter(x: torch.Tensor) -> bool:
+    """True when `x` will be computed by the Triton CPU interpreter (a CPU tensor under TRITON_INTERPRET=1)."""
+    return x.device.type == "cpu" and interpreting()
+
+
+# Interpreter tile caps. The interpreter runs each program and each K step as numpy calls, so its
+# cost is a fixed overhead per program per K step (~15 ms) plus numpy work proportional to the tile;
+# the GPU-sized tiles of the heuristics make thousands of tiny steps. These caps keep a tile's
+# temporaries at a few MiB while cutting the step count by one to two orders of magnitude.
+INTERP_MAX_BLOCK_M = 128  # GEMM; the GEMV path caps BLOCK_M at 16 (its [M, K, N] product is 3-D)
+INTERP_MAX_BLOCK_N = 512
+INTERP_MAX_BLOCK_K = 256
+
+
+def _pow2_at_least(v, cap: int) -> int:
+    """min(next power of two >= v, cap) by comparisons only, so a symbolic M (torch.compile with
+    dynamic shapes) guards on its power-of-two bucket instead of specialising on its value."""
+    b = 1
+    while b < cap and b < v:
+        b *= 2
+    return b
+
+
 def check_runtime(x: torch.Tensor) -> None:
     """Kernels run on CUDA tensors, or on CPU tensors under the Triton interpreter."""
     if x.device.type == "cuda":
@@ -152,3 +175,34 @@ class KernelFamily(abc.ABC):
 
         cfg = lookup(self.name, qw, path, dim_bucket(m), dtype)
         return cfg if cfg is not None else self.heuristic(path, m, qw)
+
+    def select_config(self, x: torch.Tensor, path: KernelPath, m: int, qw: QuantizedWeight) -> KernelConfig:
+        """The config forward() runs: interpreter_config for CPU tensors under the interpreter, else
+        config_for (cache, then heuristic). CUDA tensors never get interpreter configs."""
+        if on_interpreter(x):
+            return self.interpreter_config(path, m, qw, x.dtype)
+        return self.config_for(path, m, qw, x.dtype)
+
+    def interpreter_block_k_ok(self, path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight) -> bool:
+        """Whether cfg.block_k satisfies the family's K-tile rules (group sizes, word lanes) for qw.
+        interpreter_config halves BLOCK_K until this holds; families with such rules override it."""
+        return True
+
+    def interpreter_config(self, path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
+        """Large tiles for the Triton CPU interpreter, where per-program and per-K-step overhead dominates.
+
+        Powers of two, every dim >= 16 (tl.dot) but no larger than the problem needs (next power of
+        two of M, N and K, capped by the INTERP_MAX_* limits), BLOCK_K shrunk to the family's rules,
+        no split-K. Never used for CUDA tensors (see select_config).
+        """
+        bm_cap = INTERP_MAX_BLOCK_M if path is KernelPath.GEMM else 16
+        bm = _pow2_at_least(m, bm_cap)
+        if path is KernelPath.GEMM:
+            bm = max(16, bm)
+        bn = max(16, _pow2_at_least(qw.N, INTERP_MAX_BLOCK_N))
+        bk = max(32, _pow2_at_least(qw.K, INTERP_MAX_BLOCK_K))
+        cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=1,
+                           group_m=8 if path is KernelPath.GEMM else 1, num_warps=4, num_stages=1)
+        while cfg.block_k > 16 and not self.interpreter_block_k_ok(path, cfg, qw):
+            cfg = dataclasses.replace(cfg, block_k=cfg.block_k // 2)
+        return cfg

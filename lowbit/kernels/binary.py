@@ -55,7 +55,7 @@ class BinaryFamily(KernelFamily):
         x2d = flatten_rows(x)
         m = x2d.shape[0]
         path = KernelPath.parse(path) or self.choose_path(m)
-        cfg = self.config_for(path, m, qw, x.dtype)
+        cfg = self.select_config(x, path, m, qw)
         y = binary_linear(x2d, qw["qweight"], qw["g"], qw["h"], bias, path.value, L.config_list(cfg))
         return y.reshape(*x.shape[:-1], qw.N)
 

@@ -21,11 +21,13 @@ import torch
 import triton
 
 from ..formats import (LUT_SCHEMES, LUTSpec, NF4Spec, QuantizedWeight, Scheme, packed_words, values_per_word)
-from ._common import (AotCase, KernelConfig, KernelFamily, KernelPath, check_runtime, flatten_rows, triton_dtype)
+from ._common import (AotCase, KernelConfig, KernelFamily, KernelPath, check_runtime, flatten_rows, on_interpreter,
+                      triton_dtype)
 from ._lut_kernels import lut_gemm_kernel, lut_gemv_kernel
 from .sparse import add_csr_outliers, csr_outlier_kernel, tile_outliers
 
 SPARSE_CHUNK = 32  # outliers scattered into a GEMM tile per one-hot dot
+INTERP_SPARSE_CHUNK = 256  # under the CPU interpreter: each chunk is a step with fixed overhead
 _TARGET_PROGRAMS = 264  # ~2 programs per SM on a 132-SM H100: the GEMV split-K heuristic aims here
 _NF4_TABLES: dict = {}  # device -> the 16 NF4 values (fp32); a constant, uploaded once per device
 
@@ -163,7 +165,8 @@ def _run(x2d, qweight, lut, absmax, row_ptr, col_idx, values, bias, bits: int, g
         lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *tiles, m, n, k, x2d.stride(0),
                               target.stride(0), target.stride(1), tab_stride_n,
                               IEEE_DOT=x2d.dtype == torch.float32, HAS_SPARSE=has_outliers,
-                              SPARSE_CHUNK=SPARSE_CHUNK, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, **common)
+                              SPARSE_CHUNK=INTERP_SPARSE_CHUNK if on_interpreter(x2d) else SPARSE_CHUNK,
+                              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, **common)
     if sparse:
         add_csr_outliers(x2d, row_ptr, col_idx, values, target)
     if target is not out:
@@ -240,7 +243,7 @@ class LutFamily(KernelFamily):
         x2 = flatten_rows(x)
         m = x2.shape[0]
         path = path or self.choose_path(m)
-        cfg = self.config_for(path, m, qw, x.dtype)
+        cfg = self.select_config(x, path, m, qw)
         _check_config(path, cfg)
         y = torch.ops.lowbit.lut_linear(x2, ops["qweight"], ops["lut"], ops["absmax"], ops["row_ptr"],
                                         ops["col_idx"], ops["values"], None if bias is None else bias.contiguous(),

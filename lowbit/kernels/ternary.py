@@ -125,7 +125,7 @@ class TernaryFamily(KernelFamily):
         x2d = flatten_rows(x)
         m = x2d.shape[0]
         path = KernelPath.parse(path) or self.choose_path(m)
-        cfg = self.config_for(path, m, qw, x.dtype)
+        cfg = self.select_config(x, path, m, qw)
         op = ternary_a8_linear if self.kind(qw).int8_act else ternary_a16_linear
         y = op(x2d, qw["qweight"], qw["gamma"], bias, path.value, L.config_list(cfg))
         return y.reshape(*x.shape[:-1], qw.N)

@@ -159,7 +159,7 @@ class UniformFamily(KernelFamily):
         path = KernelPath.parse(path)
         m = math.prod(x.shape[:-1])
         path = path or self.choose_path(m)
-        cfg = self.config_for(path, m, qw, x.dtype)
+        cfg = self.select_config(x, path, m, qw)
         spec: UniformSpec = qw.spec
         return torch.ops.lowbit.uniform_linear(
             x, qw["qweight"], qw["scales"], None if spec.symmetric else qw["zeros"], bias, spec.bits,
@@ -183,6 +183,10 @@ class UniformFamily(KernelFamily):
         if dtype == torch.float32 and not cfgs.in_space(path, cfg, dtype):
             cfg = self.heuristic(path, m, qw, dtype)
         return cfg
+
+    def interpreter_block_k_ok(self, path, cfg, qw):
+        """Interpreter tiles obey the same K rules as the GPU ones (inside a group; 3-bit: two groups)."""
+        return cfgs.config_problem(path, cfg, qw.spec) is None
 
     def aot_cases(self):
         from ._uniform_aot import aot_cases
