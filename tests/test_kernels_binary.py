@@ -116,7 +116,7 @@ def test_bad_inputs(device):
     with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
         lowbit.linear(x.double(), qw)
     tern = lowbit.quantize_weight(torch.randn(N, K), "ternary").to(device)
-    with pytest.raises(ValueError, match="serve scheme binary, not 'ternary'"):
+    with pytest.raises(ValueError, match="the binary kernels serve binary, not scheme 'ternary'"):
         FAM.forward(x, tern, None, None)
     good = nan_out((2, N), x.dtype, device)
     with pytest.raises(ValueError, match="multiple of the 32 codes"):

@@ -283,6 +283,6 @@ def test_bad_activation_and_launch_arguments(device):
         FAMILY.launch(x, qw, None, "gemv", FAMILY.heuristic(KernelPath.GEMV, 2, qw), nan_out((2, N + 1), x.dtype, device))
     with pytest.raises(ValueError, match="block dim >= 16"):
         FAMILY.launch(x, qw, None, "gemm", KernelConfig(8, 64, 64), nan_out((2, N), x.dtype, device))
-    with pytest.raises(ValueError, match="do not serve"):
+    with pytest.raises(ValueError, match="the lut kernels serve lut3/lut4/nf4/sq3/sq4, not scheme 'int4'"):
         FAMILY.launch(x, lowbit.quantize_weight(torch.randn(N, K), "int4").to(device), None, "gemv",
                       KernelConfig(1, 64, 64), nan_out((2, N), x.dtype, device))

@@ -270,9 +270,9 @@ def test_bad_inputs(device):
 def test_non_ternary_weight_rejected(device):
     int2 = lowbit.quantize_weight(torch.randn(N, K), "int2", group_size=64).to(device)
     x = torch.randn(2, K, device=device)
-    with pytest.raises(ValueError, match="serve schemes ternary and ternary_a16, not 'int2'"):
+    with pytest.raises(ValueError, match="the ternary kernels serve ternary/ternary_a16, not scheme 'int2'"):
         FAM.forward(x, int2, None, None)
-    with pytest.raises(ValueError, match="not 'int2'"):
+    with pytest.raises(ValueError, match="not scheme 'int2'"):
         FAM.launch(x, int2, None, GEMV, KernelConfig(), nan_out((2, N), x.dtype, device))
     # a ternary container whose codes include 3 never reaches a kernel: construction rejects it
     qw = _weight("ternary")

@@ -144,6 +144,14 @@ class KernelFamily(abc.ABC):
     def serves(self, scheme: Scheme) -> bool:
         return scheme in self.schemes
 
+    def check_served(self, qw) -> None:
+        """TypeError unless `qw` is a QuantizedWeight; ValueError naming its scheme unless this family serves it."""
+        if not isinstance(qw, QuantizedWeight):
+            raise TypeError(f"weight must be a lowbit.QuantizedWeight, got {type(qw).__name__}")
+        if not self.serves(qw.scheme):
+            served = "/".join(sorted(s.value for s in self.schemes))
+            raise ValueError(f"the {self.name} kernels serve {served}, not scheme {qw.scheme.value!r}")
+
     def choose_path(self, m: int) -> KernelPath:
         return KernelPath.GEMV if m <= self.gemv_max_m else KernelPath.GEMM
 

@@ -46,8 +46,7 @@ class BinaryFamily(KernelFamily):
 
     def _check(self, x, qw, bias) -> None:
         check_linear_args(x, qw, bias)
-        if not self.serves(qw.scheme):
-            raise ValueError(f"the binary kernels serve scheme binary, not {qw.scheme.value!r}")
+        self.check_served(qw)
         check_runtime(x)
 
     def forward(self, x, qw, bias, path):

@@ -70,10 +70,7 @@ def _operands(qw: QuantizedWeight) -> dict:
     make a kernel read out of bounds. CSR *values* cannot be re-read without a host sync; the
     outlier kernel is memory-safe for any values (see sparse.py).
     """
-    if not isinstance(qw, QuantizedWeight):
-        raise TypeError(f"weight must be a lowbit.QuantizedWeight, got {type(qw).__name__}")
-    if not FAMILY.serves(qw.scheme):
-        raise ValueError(f"the lut kernels do not serve scheme {qw.scheme.value!r}")
+    FAMILY.check_served(qw)
     n, k = qw.shape
     bits = qw.bits
     dev = qw.device

@@ -116,8 +116,7 @@ class TernaryFamily(KernelFamily):
 
     def _check(self, x, qw, bias) -> None:
         check_linear_args(x, qw, bias)
-        if not self.serves(qw.scheme):
-            raise ValueError(f"the ternary kernels serve schemes ternary and ternary_a16, not {qw.scheme.value!r}")
+        self.check_served(qw)
         check_runtime(x)
 
     def forward(self, x, qw, bias, path):

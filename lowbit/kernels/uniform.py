@@ -26,13 +26,6 @@ __all__ = ["FAMILY", "UniformFamily", "linear", "launch", "workspace_numel"]
 # ---------------------------------------------------------------------------------------------
 # launch wrapper
 # ---------------------------------------------------------------------------------------------
-def _check_served(qw) -> None:
-    if not isinstance(qw, QuantizedWeight):
-        raise TypeError(f"weight must be a lowbit.QuantizedWeight, got {type(qw).__name__}")
-    if qw.scheme not in UNIFORM_SCHEMES or not isinstance(qw.spec, UniformSpec):
-        raise ValueError(f"the uniform kernels serve int1/int2/int3/int4/int8, not scheme {qw.scheme.value!r}")
-
-
 def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig) -> int:
     """fp32 elements of the split-K workspace a launch allocates: split * M * N, or 0 without split."""
     _, split = cfgs.split_plan(qw, config, m)
@@ -40,7 +33,7 @@ def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: Kerne
 
 
 def _check_launch(x2d, qw, bias, path, config, out) -> None:
-    _check_served(qw)
+    FAMILY.check_served(qw)
     if not isinstance(path, KernelPath):
         raise TypeError(f"path must be a KernelPath, got {type(path).__name__}")
     if not isinstance(config, KernelConfig):
@@ -153,7 +146,7 @@ class UniformFamily(KernelFamily):
     gemv_max_m = 4
 
     def forward(self, x, qw, bias=None, path=None):
-        _check_served(qw)
+        FAMILY.check_served(qw)
         check_linear_args(x, qw, bias)
         check_runtime(x)
         path = KernelPath.parse(path)
@@ -170,11 +163,11 @@ class UniformFamily(KernelFamily):
 
     def search_space(self, path, qw=None, dtype=torch.float16):
         if qw is not None:
-            _check_served(qw)
+            FAMILY.check_served(qw)
         return cfgs.search_space(KernelPath.parse(path), qw, dtype)
 
     def heuristic(self, path, m, qw, dtype=torch.float16):
-        _check_served(qw)
+        FAMILY.check_served(qw)
         return cfgs.heuristic(KernelPath.parse(path), m, qw, dtype)
 
     def config_for(self, path, m, qw, dtype):
