@@ -44,11 +44,16 @@ def check_linear_args(x, qw, bias, allow_fp64: bool = False) -> None:
     if x.device != qw.device:
         raise ValueError(f"x is on {x.device} but the weight is on {qw.device}; move one with .to()")
     if bias is not None:
-        if not isinstance(bias, torch.Tensor):
-            raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-        if tuple(bias.shape) != (qw.N,):
-            raise ValueError(f"bias must have shape ({qw.N},), got {tuple(bias.shape)}")
-        if bias.device != x.device:
-            raise ValueError(f"bias is on {bias.device} but x is on {x.device}")
+        check_bias(bias, qw.N, x.device, "x")
         if bias.dtype not in allowed:
             raise TypeError(f"bias must be float16, bfloat16 or float32, got {bias.dtype}")
+
+
+def check_bias(bias, n: int, device: torch.device, other: str) -> None:
+    """bias is a tensor of shape [n] on `device` (where `other`, e.g. "x" or "the weight", lives)."""
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if bias.device != device:
+        raise ValueError(f"bias is on {bias.device} but {other} is on {device}")

@@ -12,6 +12,7 @@ import enum
 import torch
 from torch import nn
 
+from .._checks import check_bias
 from ..formats import QuantizedWeight, Scheme
 
 
@@ -74,12 +75,7 @@ class QuantLinear(nn.Module):
         for name, t in qw.tensors.items():
             self.register_buffer(name, t)
         if bias is not None:
-            if not isinstance(bias, torch.Tensor):
-                raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
-            if tuple(bias.shape) != (self.out_features,):
-                raise ValueError(f"bias must have shape ({self.out_features},), got {tuple(bias.shape)}")
-            if bias.device != qw.device:
-                raise ValueError(f"bias is on {bias.device} but the weight is on {qw.device}")
+            check_bias(bias, self.out_features, qw.device, "the weight")
             self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
