@@ -19,7 +19,7 @@ def linear(x, qw, bias=None, *, path=None):
 
     `path` forces "gemv" (small-M) or "gemm" (large-M); by default the M bucket decides.
     """
-    from .kernels import linear as _linear
+    from .dispatch import linear as _linear
 
     return _linear(x, qw, bias, path=path)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .formats import FLOAT_DTYPES as ACTIVATION_DTYPES
+from .formats import QuantizedWeight
 
 
 def check_weight(w) -> None:
@@ -26,8 +27,6 @@ def check_weight(w) -> None:
 
 def check_linear_args(x, qw, bias, allow_fp64: bool = False) -> None:
     """x [..., K] float on qw's device, bias [N] or None: the F.linear contract for a QuantizedWeight."""
-    from .formats import QuantizedWeight
-
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"weight must be a lowbit.QuantizedWeight, got {type(qw).__name__}")
     if not isinstance(x, torch.Tensor):

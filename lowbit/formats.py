@@ -1,18 +1,25 @@
 """Typed scheme specs and the QuantizedWeight container.
 
 Every quantization scheme is named by a :class:`Scheme` member and configured by a frozen
-spec dataclass; kernels and the reference read options from the spec, never from integer
-mode codes. :class:`QuantizedWeight` holds the packed tensors of one [N, K] weight and
-validates their shapes and dtypes so that a kernel never sees an inconsistent layout.
+spec dataclass. Each spec class registers the schemes it serves (:func:`spec_class`) and
+carries that family's behaviour: the keyword options it accepts, how it is built from them,
+which tensors a weight holds and the value checks they need. Nothing else dispatches on the
+spec type, so adding a scheme means adding one spec class. :class:`QuantizedWeight` holds the
+packed tensors of one [N, K] weight and validates them so a kernel never sees an inconsistent
+layout.
 """
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
+
+# The floating dtypes lowbit accepts for activations and stores metadata in (one table for the package).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPE_TAGS = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
 class Scheme(str, enum.Enum):
@@ -64,7 +71,7 @@ MAX_OUTLIER_FRACTION = 0.1
 
 def code_bits(scheme: Scheme) -> int:
     """Bits of one stored code (ternary codes occupy 2 bits)."""
-    return _BITS[scheme]
+    return _BITS[Scheme.parse(scheme)]
 
 
 def values_per_word(bits: int) -> int:
@@ -76,132 +83,67 @@ def values_per_word(bits: int) -> int:
     return 32 // bits
 
 
-@dataclass(frozen=True)
-class UniformSpec:
-    """Options of int1..int8: W = (q - z) * s per group of `group_size` inputs (-1: per channel)."""
-
-    bits: int
-    group_size: int = 128
-    symmetric: bool = False
-
-    def effective_group(self, k: int) -> int:
-        return k if self.group_size == -1 else self.group_size
-
-    @property
-    def symmetric_zero(self) -> float:
-        """The implicit zero point of the symmetric grid (0.5 for 1 bit: codes mean -s/2 and +s/2)."""
-        return 0.5 if self.bits == 1 else float(2 ** (self.bits - 1))
+def packed_words(k: int, bits: int) -> int:
+    """Number of int32 words along K that hold `k` codes of `bits` bits."""
+    return -(-k // values_per_word(bits))
 
 
 @dataclass(frozen=True)
-class NF4Spec:
-    """Options of nf4: W = NF4[q] * absmax, one absmax per block of `group_size` inputs of a row."""
+class TensorRule:
+    """Shape (ints, or names of dimensions: "N", "K", "Kw", "G", "L", "N+1", "nnz") and dtypes of one tensor."""
 
-    group_size: int = 64
-
-    def effective_group(self, k: int) -> int:
-        return k if self.group_size == -1 else self.group_size
+    shape: tuple
+    dtypes: tuple[torch.dtype, ...]
 
 
-@dataclass(frozen=True)
-class LUTSpec:
-    """Options of lut3/lut4/sq3/sq4: W = LUT[n, q] (+ sparse outliers S when outlier_fraction > 0)."""
-
-    bits: int
-    outlier_fraction: float = 0.0
-
-    @property
-    def sparse(self) -> bool:
-        return self.outlier_fraction > 0
+_CODES = TensorRule(("Kw", "N"), (torch.int32,))
+_SPEC_CLASSES: dict[Scheme, type] = {}
 
 
-class ActivationQuant(str, enum.Enum):
-    """How ternary kernels treat activations: per-token int8 (BitNet W1.58A8) or as given (A16)."""
-
-    INT8_PER_TOKEN = "int8_per_token"
-    NONE = "none"
-
-
-@dataclass(frozen=True)
-class TernarySpec:
-    """Options of ternary/ternary_a16: T in {-1, 0, 1}, gamma = mean|W| per tensor or per channel."""
-
-    activation: ActivationQuant = ActivationQuant.INT8_PER_TOKEN
-    per_channel: bool = False
+def spec_class(*schemes: Scheme):
+    """Class decorator: register a spec class as the one that configures `schemes`."""
+    def register(cls):
+        for s in schemes:
+            _SPEC_CLASSES[s] = cls
+        cls.SCHEMES = frozenset(schemes)
+        return cls
+    return register
 
 
-@dataclass(frozen=True)
-class BinarySpec:
-    """Options of binary (OneBit): W = S * outer(h, g), S a sign matrix."""
+def spec_type(scheme: Scheme | str) -> type:
+    """The spec class registered for `scheme`."""
+    return _SPEC_CLASSES[Scheme.parse(scheme)]
 
 
-Spec = UniformSpec | NF4Spec | LUTSpec | TernarySpec | BinarySpec
+class SpecBase:
+    """Behaviour every spec class provides; subclasses are frozen dataclasses registered with spec_class."""
 
-# Option names each scheme accepts as keyword arguments.
-_ALLOWED_OPTIONS: dict[str, frozenset[str]] = {
-    "uniform": frozenset({"group_size", "symmetric"}),
-    "nf4": frozenset({"group_size"}),
-    "lut": frozenset({"sensitivity", "iters"}),
-    "sq": frozenset({"sensitivity", "iters", "outlier_fraction"}),
-    "ternary": frozenset({"per_channel"}),
-    "binary": frozenset(),
-}
+    SCHEMES: ClassVar[frozenset] = frozenset()
+    OPTIONS: ClassVar[frozenset] = frozenset()  # keyword options stored in the spec
+    QUANTIZER_OPTIONS: ClassVar[frozenset] = frozenset()  # options only the quantizer reads
 
+    @classmethod
+    def build(cls, scheme: Scheme, **options) -> "SpecBase":
+        """The spec of `scheme` from keyword options already checked against OPTIONS."""
+        raise NotImplementedError
 
-def _option_family(scheme: Scheme) -> str:
-    if scheme in UNIFORM_SCHEMES:
-        return "uniform"
-    if scheme is Scheme.NF4:
-        return "nf4"
-    if scheme in SPARSE_SCHEMES:
-        return "sq"
-    if scheme in LUT_SCHEMES:
-        return "lut"
-    if scheme in TERNARY_SCHEMES:
-        return "ternary"
-    return "binary"
+    def options(self) -> dict:
+        """The spec as plain keyword options (for repr, save files and cache keys)."""
+        return {}
 
+    def tensor_rules(self) -> dict[str, TensorRule]:
+        """Which tensors a weight of this spec carries, with symbolic shapes and allowed dtypes."""
+        raise NotImplementedError
 
-def check_options(scheme: Scheme, options: Mapping[str, object]) -> None:
-    """Reject keyword options the scheme does not understand, naming them."""
-    allowed = _ALLOWED_OPTIONS[_option_family(scheme)]
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        ok = ", ".join(sorted(allowed)) or "none"
-        raise ValueError(f"unknown option(s) {unknown} for scheme {scheme.value!r}; accepted: {ok}")
+    def check_scheme(self, scheme: Scheme) -> None:
+        """ValueError when this spec's fields contradict `scheme` (e.g. bits)."""
 
+    def dims(self, n: int, k: int) -> dict[str, int]:
+        """Extra named dimensions the tensor rules use (e.g. the number of groups "G")."""
+        return {}
 
-def make_spec(scheme: Scheme | str, **options) -> Spec:
-    """Build and validate the spec of `scheme` from keyword options (sensitivity/iters are quantizer-only)."""
-    scheme = Scheme.parse(scheme)
-    check_options(scheme, options)
-    fam = _option_family(scheme)
-    if fam == "uniform":
-        gs = options.get("group_size", 128)
-        sym = options.get("symmetric", False)
-        _check_group_size(gs)
-        if not isinstance(sym, bool):
-            raise TypeError(f"symmetric must be a bool, got {type(sym).__name__}")
-        return UniformSpec(bits=code_bits(scheme), group_size=gs, symmetric=sym)
-    if fam == "nf4":
-        gs = options.get("group_size", 64)
-        _check_group_size(gs)
-        return NF4Spec(group_size=gs)
-    if fam in ("lut", "sq"):
-        frac = options.get("outlier_fraction", DEFAULT_OUTLIER_FRACTION) if fam == "sq" else 0.0
-        if isinstance(frac, bool) or not isinstance(frac, (int, float)):
-            raise TypeError(f"outlier_fraction must be a float, got {type(frac).__name__}")
-        frac = float(frac)
-        if fam == "sq" and not (0.0 < frac <= MAX_OUTLIER_FRACTION):
-            raise ValueError(f"outlier_fraction must be in (0, {MAX_OUTLIER_FRACTION}], got {frac}")
-        return LUTSpec(bits=code_bits(scheme), outlier_fraction=frac)
-    if fam == "ternary":
-        pc = options.get("per_channel", False)
-        if not isinstance(pc, bool):
-            raise TypeError(f"per_channel must be a bool, got {type(pc).__name__}")
-        act = ActivationQuant.INT8_PER_TOKEN if scheme is Scheme.TERNARY else ActivationQuant.NONE
-        return TernarySpec(activation=act, per_channel=pc)
-    return BinarySpec()
+    def check_values(self, qw: "QuantizedWeight") -> None:
+        """Checks that read tensor values (host sync); run at construction, never in a forward."""
 
 
 def _check_group_size(gs: object) -> None:
@@ -211,48 +153,249 @@ def _check_group_size(gs: object) -> None:
         raise ValueError(f"group_size must be one of {VALID_GROUP_SIZES} (-1 = per channel), got {gs}")
 
 
-def packed_words(k: int, bits: int) -> int:
-    """Number of int32 words along K that hold `k` codes of `bits` bits."""
-    return -(-k // values_per_word(bits))
+def _check_bool(name: str, v: object) -> None:
+    if not isinstance(v, bool):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
 
 
+class _Grouped:
+    """Shared by specs with per-group metadata along K."""
+
+    def effective_group(self, k: int) -> int:
+        return k if self.group_size == -1 else self.group_size
+
+    def dims(self, n: int, k: int) -> dict[str, int]:
+        g = self.effective_group(k)
+        if k % g:
+            raise ValueError(f"K={k} is not divisible by group_size={g}")
+        return {"G": k // g}
+
+
+@spec_class(*sorted(UNIFORM_SCHEMES, key=lambda s: s.value))
 @dataclass(frozen=True)
-class _TensorRule:
-    shape: tuple  # entries: int, or a str naming a dimension ("N", "K", "Kw", "G", "L", "N+1", "nnz")
-    dtypes: tuple[torch.dtype, ...]
+class UniformSpec(_Grouped, SpecBase):
+    """Options of int1..int8: W = (q - z) * s per group of `group_size` inputs (-1: per channel)."""
 
+    bits: int
+    group_size: int = 128
+    symmetric: bool = False
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+    OPTIONS: ClassVar[frozenset] = frozenset({"group_size", "symmetric"})
 
+    @classmethod
+    def build(cls, scheme, group_size=128, symmetric=False):
+        _check_group_size(group_size)
+        _check_bool("symmetric", symmetric)
+        return cls(bits=code_bits(scheme), group_size=group_size, symmetric=symmetric)
 
-def _tensor_rules(scheme: Scheme, spec: Spec) -> dict[str, _TensorRule]:
-    """Which tensors a scheme carries, their shapes (symbolic) and allowed dtypes."""
-    codes = _TensorRule(("Kw", "N"), (torch.int32,))
-    if isinstance(spec, UniformSpec):
-        rules = {"qweight": codes, "scales": _TensorRule(("G", "N"), _FLOATS)}
-        if not spec.symmetric:
-            rules["zeros"] = _TensorRule(("G", "N"), _FLOATS)
+    def options(self) -> dict:
+        return {"group_size": self.group_size, "symmetric": self.symmetric}
+
+    def tensor_rules(self):
+        rules = {"qweight": _CODES, "scales": TensorRule(("G", "N"), FLOAT_DTYPES)}
+        if not self.symmetric:
+            rules["zeros"] = TensorRule(("G", "N"), FLOAT_DTYPES)
         return rules
-    if isinstance(spec, NF4Spec):
-        return {"qweight": codes, "absmax": _TensorRule(("G", "N"), _FLOATS)}
-    if isinstance(spec, LUTSpec):
-        rules = {"qweight": codes, "lut": _TensorRule(("N", "L"), _FLOATS)}
-        if spec.sparse:
-            rules["row_ptr"] = _TensorRule(("N+1",), (torch.int32,))
-            rules["col_idx"] = _TensorRule(("nnz",), (torch.int32,))
-            rules["values"] = _TensorRule(("nnz",), _FLOATS)
+
+    def check_scheme(self, scheme):
+        if self.bits != code_bits(scheme):
+            raise ValueError(f"{scheme.value} spec has bits={self.bits}, expected {code_bits(scheme)}")
+        _check_group_size(self.group_size)
+        _check_bool("symmetric", self.symmetric)
+
+    @property
+    def symmetric_zero(self) -> float:
+        """The implicit zero point of the symmetric grid (0.5 for 1 bit: codes mean -s/2 and +s/2)."""
+        return 0.5 if self.bits == 1 else float(2 ** (self.bits - 1))
+
+
+@spec_class(Scheme.NF4)
+@dataclass(frozen=True)
+class NF4Spec(_Grouped, SpecBase):
+    """Options of nf4: W = NF4[q] * absmax, one absmax per block of `group_size` inputs of a row."""
+
+    group_size: int = 64
+
+    OPTIONS: ClassVar[frozenset] = frozenset({"group_size"})
+
+    @classmethod
+    def build(cls, scheme, group_size=64):
+        _check_group_size(group_size)
+        return cls(group_size=group_size)
+
+    def options(self) -> dict:
+        return {"group_size": self.group_size}
+
+    def tensor_rules(self):
+        return {"qweight": _CODES, "absmax": TensorRule(("G", "N"), FLOAT_DTYPES)}
+
+    def check_scheme(self, scheme):
+        _check_group_size(self.group_size)
+
+
+@spec_class(*sorted(LUT_SCHEMES, key=lambda s: s.value))
+@dataclass(frozen=True)
+class LUTSpec(SpecBase):
+    """Options of lut3/lut4/sq3/sq4: W = LUT[n, q] (+ sparse outliers S when outlier_fraction > 0)."""
+
+    bits: int
+    outlier_fraction: float = 0.0
+
+    OPTIONS: ClassVar[frozenset] = frozenset({"outlier_fraction"})
+    QUANTIZER_OPTIONS: ClassVar[frozenset] = frozenset({"sensitivity", "iters"})
+
+    @classmethod
+    def build(cls, scheme, outlier_fraction=None):
+        if scheme not in SPARSE_SCHEMES:  # accepted_options() keeps outlier_fraction away from lut3/lut4
+            return cls(bits=code_bits(scheme), outlier_fraction=0.0)
+        frac = DEFAULT_OUTLIER_FRACTION if outlier_fraction is None else outlier_fraction
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)):
+            raise TypeError(f"outlier_fraction must be a float, got {type(frac).__name__}")
+        frac = float(frac)
+        if not (0.0 < frac <= MAX_OUTLIER_FRACTION):
+            raise ValueError(f"outlier_fraction must be in (0, {MAX_OUTLIER_FRACTION}], got {frac}")
+        return cls(bits=code_bits(scheme), outlier_fraction=frac)
+
+    @property
+    def sparse(self) -> bool:
+        return self.outlier_fraction > 0
+
+    def options(self) -> dict:
+        return {"outlier_fraction": self.outlier_fraction} if self.sparse else {}
+
+    def tensor_rules(self):
+        rules = {"qweight": _CODES, "lut": TensorRule(("N", "L"), FLOAT_DTYPES)}
+        if self.sparse:
+            rules["row_ptr"] = TensorRule(("N+1",), (torch.int32,))
+            rules["col_idx"] = TensorRule(("nnz",), (torch.int32,))
+            rules["values"] = TensorRule(("nnz",), FLOAT_DTYPES)
         return rules
-    if isinstance(spec, TernarySpec):
-        return {"qweight": codes, "gamma": _TensorRule(("N",) if spec.per_channel else (1,), (torch.float32,))}
-    return {"qweight": codes, "g": _TensorRule(("K",), _FLOATS), "h": _TensorRule(("N",), _FLOATS)}
+
+    def check_scheme(self, scheme):
+        if self.bits != code_bits(scheme):
+            raise ValueError(f"{scheme.value} spec has bits={self.bits}, expected {code_bits(scheme)}")
+        if self.sparse != (scheme in SPARSE_SCHEMES):
+            raise ValueError(f"{scheme.value} spec has outlier_fraction={self.outlier_fraction}")
+        if self.sparse and not (0.0 < self.outlier_fraction <= MAX_OUTLIER_FRACTION):
+            raise ValueError(f"outlier_fraction must be in (0, {MAX_OUTLIER_FRACTION}], got {self.outlier_fraction}")
+
+    def check_values(self, qw):
+        if not self.sparse:
+            return
+        rp, ci = qw.tensors["row_ptr"], qw.tensors["col_idx"]
+        if rp.device.type == "meta":
+            return
+        nnz = ci.numel()
+        rp_c = rp.detach().to("cpu", torch.int64)
+        if rp_c[0].item() != 0 or rp_c[-1].item() != nnz:
+            raise ValueError(f"CSR row_ptr must start at 0 and end at nnz={nnz}, got {rp_c[0].item()}..{rp_c[-1].item()}")
+        if bool((rp_c[1:] < rp_c[:-1]).any()):
+            raise ValueError("CSR row_ptr is not monotone non-decreasing")
+        if nnz:
+            ci_c = ci.detach().to("cpu", torch.int64)
+            if bool((ci_c < 0).any()) or bool((ci_c >= qw.K).any()):
+                raise ValueError(f"CSR col_idx out of range [0, {qw.K})")
+
+
+class ActivationQuant(str, enum.Enum):
+    """How ternary kernels treat activations: per-token int8 (BitNet W1.58A8) or as given (A16)."""
+
+    INT8_PER_TOKEN = "int8_per_token"
+    NONE = "none"
+
+
+@spec_class(Scheme.TERNARY, Scheme.TERNARY_A16)
+@dataclass(frozen=True)
+class TernarySpec(SpecBase):
+    """Options of ternary/ternary_a16: T in {-1, 0, 1}, gamma = mean|W| per tensor or per channel."""
+
+    activation: ActivationQuant = ActivationQuant.INT8_PER_TOKEN
+    per_channel: bool = False
+
+    OPTIONS: ClassVar[frozenset] = frozenset({"per_channel"})
+
+    @staticmethod
+    def activation_of(scheme: Scheme) -> ActivationQuant:
+        return ActivationQuant.INT8_PER_TOKEN if scheme is Scheme.TERNARY else ActivationQuant.NONE
+
+    @classmethod
+    def build(cls, scheme, per_channel=False):
+        _check_bool("per_channel", per_channel)
+        return cls(activation=cls.activation_of(scheme), per_channel=per_channel)
+
+    def options(self) -> dict:
+        return {"per_channel": self.per_channel}
+
+    def tensor_rules(self):
+        return {"qweight": _CODES,
+                "gamma": TensorRule(("N",) if self.per_channel else (1,), (torch.float32,))}
+
+    def check_scheme(self, scheme):
+        _check_bool("per_channel", self.per_channel)
+        if self.activation is not self.activation_of(scheme):
+            raise ValueError(f"{scheme.value} spec has activation={self.activation.value}")
+
+    def check_values(self, qw):
+        """Reject code 3 (not t + 1 for a ternary t) here, so the kernels' forward needs no check or sync.
+
+        A 2-bit field holds 3 exactly when both its bits are set: one pass over the packed int32
+        words, no unpacked copy (bit 30 of ``q >> 1`` is the sign bit 31 of ``q``).
+        """
+        q = qw.tensors["qweight"]
+        if q.device.type != "meta" and bool(((q & (q >> 1)) & 0x55555555).any()):
+            raise ValueError("ternary qweight holds code 3, which is not a ternary value "
+                             "(codes must be t + 1 in {0, 1, 2})")
+
+
+@spec_class(Scheme.BINARY)
+@dataclass(frozen=True)
+class BinarySpec(SpecBase):
+    """Options of binary (OneBit): W = S * outer(h, g), S a sign matrix."""
+
+    @classmethod
+    def build(cls, scheme):
+        return cls()
+
+    def tensor_rules(self):
+        return {"qweight": _CODES, "g": TensorRule(("K",), FLOAT_DTYPES), "h": TensorRule(("N",), FLOAT_DTYPES)}
+
+
+Spec = UniformSpec | NF4Spec | LUTSpec | TernarySpec | BinarySpec
+
+
+def accepted_options(scheme: Scheme | str) -> frozenset[str]:
+    """Every keyword option `scheme` accepts (spec options and quantizer-only ones)."""
+    cls = spec_type(scheme)
+    opts = cls.OPTIONS | cls.QUANTIZER_OPTIONS
+    if cls is LUTSpec and Scheme.parse(scheme) not in SPARSE_SCHEMES:
+        opts = opts - {"outlier_fraction"}
+    return opts
+
+
+def check_options(scheme: Scheme, options: Mapping[str, object]) -> None:
+    """Reject keyword options the scheme does not understand, naming them."""
+    allowed = accepted_options(scheme)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        ok = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(f"unknown option(s) {unknown} for scheme {Scheme.parse(scheme).value!r}; accepted: {ok}")
+
+
+def make_spec(scheme: Scheme | str, **options) -> Spec:
+    """Build and validate the spec of `scheme` from keyword options (quantizer-only options are ignored)."""
+    scheme = Scheme.parse(scheme)
+    check_options(scheme, options)
+    cls = spec_type(scheme)
+    return cls.build(scheme, **{k: v for k, v in options.items() if k in cls.OPTIONS})
 
 
 @dataclass
 class QuantizedWeight:
     """A quantized [N, K] weight: scheme, spec, shape and the packed tensors the kernels read.
 
-    Construction validates every tensor's shape and dtype and that all share one device.
-    `bits_per_weight` counts every stored byte, metadata included, per weight element.
+    Construction validates every tensor's shape and dtype, that all share one device, and the
+    values that must hold (CSR structure, ternary codes). `bits_per_weight` counts every stored
+    byte, metadata included, per weight element.
     """
 
     scheme: Scheme
@@ -264,6 +407,37 @@ class QuantizedWeight:
         self.scheme = Scheme.parse(self.scheme)
         self.shape = tuple(int(d) for d in self.shape)
         self.validate()
+
+    @classmethod
+    def unchecked(cls, scheme: Scheme, spec: Spec, shape: tuple[int, int],
+                  tensors: dict[str, torch.Tensor]) -> "QuantizedWeight":
+        """A weight over tensors validated before (e.g. a module's buffers): no checks, no host sync.
+
+        Used on hot paths; the kernels still re-check the layout (:meth:`check_layout`) per call.
+        """
+        qw = object.__new__(cls)
+        qw.scheme, qw.spec, qw.shape, qw.tensors = scheme, spec, shape, tensors
+        return qw
+
+    @classmethod
+    def empty(cls, scheme: Scheme | str, shape: tuple[int, int], device: torch.device | str = "meta",
+              **options) -> "QuantizedWeight":
+        """A weight of the right layout with uninitialised tensors (meta by default: no memory).
+
+        For planning and shape-only work (static cost models, building modules before loading
+        weights). sq3/sq4 get round(outlier_fraction * N * K) outliers, as the quantizer stores.
+        """
+        scheme = Scheme.parse(scheme)
+        spec = make_spec(scheme, **options)
+        n, k = (int(d) for d in shape)
+        dims = {"N": n, "K": k, "Kw": packed_words(k, code_bits(scheme)), "N+1": n + 1, "L": 2 ** code_bits(scheme),
+                "nnz": round(getattr(spec, "outlier_fraction", 0.0) * n * k), **spec.dims(n, k)}
+        tensors = {name: torch.empty([dims[d] if isinstance(d, str) else d for d in rule.shape],
+                                     dtype=rule.dtypes[0], device=device)  # the first dtype: what quantizers store
+                   for name, rule in spec.tensor_rules().items()}
+        qw = cls.unchecked(scheme, spec, (n, k), tensors)
+        qw.check_layout()  # the values are uninitialised: nothing to check there
+        return qw
 
     # -- accessors -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -288,7 +462,7 @@ class QuantizedWeight:
     @property
     def group_size(self) -> int:
         """The effective group length along K for grouped metadata (K when per channel)."""
-        if isinstance(self.spec, (UniformSpec, NF4Spec)):
+        if isinstance(self.spec, _Grouped):
             return self.spec.effective_group(self.K)
         raise AttributeError(f"scheme {self.scheme.value} has no groups")
 
@@ -306,16 +480,7 @@ class QuantizedWeight:
 
     def options(self) -> dict:
         """The spec as plain keyword options (for repr, save files and cache keys)."""
-        s = self.spec
-        if isinstance(s, UniformSpec):
-            return {"group_size": s.group_size, "symmetric": s.symmetric}
-        if isinstance(s, NF4Spec):
-            return {"group_size": s.group_size}
-        if isinstance(s, LUTSpec):
-            return {"outlier_fraction": s.outlier_fraction} if s.sparse else {}
-        if isinstance(s, TernarySpec):
-            return {"per_channel": s.per_channel}
-        return {}
+        return self.spec.options()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.options().items())
@@ -325,32 +490,34 @@ class QuantizedWeight:
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValueError/TypeError naming the first inconsistency between spec, shape and tensors."""
-        expected_spec = type(make_spec(self.scheme, **_spec_kwargs(self.spec, self.scheme)))
-        if not isinstance(self.spec, expected_spec):
-            raise TypeError(f"scheme {self.scheme.value} needs a {expected_spec.__name__}, got {type(self.spec).__name__}")
-        if isinstance(self.spec, (UniformSpec, LUTSpec)) and self.spec.bits != code_bits(self.scheme):
-            raise ValueError(f"{self.scheme.value} spec has bits={self.spec.bits}, expected {code_bits(self.scheme)}")
-        if isinstance(self.spec, LUTSpec) and self.spec.sparse != (self.scheme in SPARSE_SCHEMES):
-            raise ValueError(f"{self.scheme.value} spec has outlier_fraction={self.spec.outlier_fraction}")
-        if isinstance(self.spec, TernarySpec):
-            want = ActivationQuant.INT8_PER_TOKEN if self.scheme is Scheme.TERNARY else ActivationQuant.NONE
-            if self.spec.activation is not want:
-                raise ValueError(f"{self.scheme.value} spec has activation={self.spec.activation.value}")
+        self.check_layout()
+        self.spec.check_values(self)
+
+    def check_layout(self) -> None:
+        """Spec, shape, tensor names, shapes, dtypes and device, without reading values (cheap, no sync).
+
+        The kernels call this on every forward, because ``tensors`` can be edited after construction
+        and a wrong shape would make a kernel read out of bounds.
+        """
+        want = spec_type(self.scheme)
+        if not isinstance(self.spec, want):
+            raise TypeError(f"scheme {self.scheme.value} needs a {want.__name__}, got {type(self.spec).__name__}")
+        self.spec.check_scheme(self.scheme)
         n, k = self.shape
         if n <= 0 or k <= 0:
             raise ValueError(f"weight shape must be positive, got {self.shape}")
-        rules = _tensor_rules(self.scheme, self.spec)
+        rules = self.spec.tensor_rules()
+        if not isinstance(self.tensors, dict):
+            raise TypeError(f"tensors must be a dict of torch.Tensor, got {type(self.tensors).__name__}")
         missing = sorted(set(rules) - set(self.tensors))
         extra = sorted(set(self.tensors) - set(rules))
         if missing or extra:
             raise ValueError(f"{self.scheme.value} weight: missing tensors {missing}, unexpected tensors {extra}")
-        dims = {"N": n, "K": k, "Kw": packed_words(k, self.bits), "N+1": n + 1,
-                "L": 2 ** self.bits}
-        if isinstance(self.spec, (UniformSpec, NF4Spec)):
-            g = self.spec.effective_group(k)
-            if k % g:
-                raise ValueError(f"K={k} is not divisible by group_size={g}")
-            dims["G"] = k // g
+        for name, t in self.tensors.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"tensor {name!r} must be a torch.Tensor, got {type(t).__name__}")
+        dims = {"N": n, "K": k, "Kw": packed_words(k, self.bits), "N+1": n + 1, "L": 2 ** self.bits,
+                **self.spec.dims(n, k)}
         if "col_idx" in self.tensors:
             dims["nnz"] = self.tensors["col_idx"].numel()
         devices = {t.device for t in self.tensors.values()}
@@ -358,54 +525,11 @@ class QuantizedWeight:
             raise ValueError(f"{self.scheme.value} weight tensors are on several devices: {sorted(map(str, devices))}")
         for name, rule in rules.items():
             t = self.tensors[name]
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"tensor {name!r} must be a torch.Tensor, got {type(t).__name__}")
-            want = tuple(dims[d] if isinstance(d, str) else d for d in rule.shape)
-            if tuple(t.shape) != want:
-                raise ValueError(f"{self.scheme.value} tensor {name!r} has shape {tuple(t.shape)}, expected {want}")
+            shape = tuple(dims[d] if isinstance(d, str) else d for d in rule.shape)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{self.scheme.value} tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
             if t.dtype not in rule.dtypes:
                 raise TypeError(f"{self.scheme.value} tensor {name!r} has dtype {t.dtype}, expected one of {rule.dtypes}")
-        if isinstance(self.spec, LUTSpec) and self.spec.sparse:
-            self._validate_csr()
-        if isinstance(self.spec, TernarySpec):
-            self._validate_ternary_codes()
-
-    def _validate_ternary_codes(self) -> None:
-        """Reject code 3 (not t + 1 for a ternary t) here, so the kernels' forward needs no check or sync.
-
-        A 2-bit field holds 3 exactly when both its bits are set: one pass over the packed int32
-        words, no unpacked copy (bit 30 of ``q >> 1`` is the sign bit 31 of ``q``).
-        """
-        q = self.tensors["qweight"]
-        if q.device.type != "meta" and bool(((q & (q >> 1)) & 0x55555555).any()):
-            raise ValueError("ternary qweight holds code 3, which is not a ternary value "
-                             "(codes must be t + 1 in {0, 1, 2})")
-
-    def _validate_csr(self) -> None:
-        rp, ci = self.tensors["row_ptr"], self.tensors["col_idx"]
-        nnz = ci.numel()
-        rp_c = rp.detach().to("cpu", torch.int64)
-        if rp_c[0].item() != 0 or rp_c[-1].item() != nnz:
-            raise ValueError(f"CSR row_ptr must start at 0 and end at nnz={nnz}, got {rp_c[0].item()}..{rp_c[-1].item()}")
-        if bool((rp_c[1:] < rp_c[:-1]).any()):
-            raise ValueError("CSR row_ptr is not monotone non-decreasing")
-        if nnz:
-            ci_c = ci.detach().to("cpu", torch.int64)
-            if bool((ci_c < 0).any()) or bool((ci_c >= self.K).any()):
-                raise ValueError(f"CSR col_idx out of range [0, {self.K})")
-
-
-def _spec_kwargs(spec: Spec, scheme: Scheme) -> dict:
-    """Keyword options that rebuild a spec of the right type for `scheme` (used to check the spec type)."""
-    if scheme in UNIFORM_SCHEMES and isinstance(spec, UniformSpec):
-        return {"group_size": spec.group_size, "symmetric": spec.symmetric}
-    if scheme is Scheme.NF4 and isinstance(spec, NF4Spec):
-        return {"group_size": spec.group_size}
-    if scheme in SPARSE_SCHEMES and isinstance(spec, LUTSpec) and spec.sparse:
-        return {"outlier_fraction": spec.outlier_fraction}
-    if scheme in TERNARY_SCHEMES and isinstance(spec, TernarySpec):
-        return {"per_channel": spec.per_channel}
-    return {}
 
 
 def dim_bucket(m: int) -> int:

@@ -23,10 +23,8 @@ from typing import Sequence
 
 import torch
 
-from .formats import LUTSpec, NF4Spec, QuantizedWeight, Scheme, MAX_OUTLIER_FRACTION
+from .formats import FLOAT_DTYPES, LUTSpec, NF4Spec, QuantizedWeight, Scheme, MAX_OUTLIER_FRACTION
 from .reference.packing import pack_codes
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _shape(shape) -> tuple[int, int]:
@@ -47,7 +45,7 @@ def _tensor(name: str, t) -> torch.Tensor:
 
 def _float_tensor(name: str, t, shape: tuple) -> torch.Tensor:
     t = _tensor(name, t)
-    if t.dtype not in _FLOATS:
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")

@@ -6,16 +6,8 @@ The tuner (:mod:`lowbit.autotune.tuner`) is imported on demand; it needs a GPU t
 """
 from __future__ import annotations
 
-from .cache import (AutotuneCacheWarning, CacheKey, GpuInfo, clear, enable_online_tuning, lookup,
-                    online_tuning_enabled, record, user_path)
+from .cache import (AutotuneCacheWarning, CacheKey, GpuInfo, clear, enable_online_tuning, gpu_info, gpu_slug, lookup,
+                    online_tuning_enabled, record, user_path, warn_invalid)
 
-
-def prune(configs, **kwargs):
-    """Filter a search space by group size, K and shared memory (see :func:`lowbit.autotune.tuner.prune`)."""
-    from .tuner import prune as _prune
-
-    return _prune(configs, **kwargs)
-
-
-__all__ = ["lookup", "prune", "record", "enable_online_tuning", "online_tuning_enabled", "clear",
-           "user_path", "CacheKey", "GpuInfo", "AutotuneCacheWarning"]
+__all__ = ["lookup", "record", "enable_online_tuning", "online_tuning_enabled", "clear", "gpu_info", "gpu_slug",
+           "user_path", "warn_invalid", "CacheKey", "GpuInfo", "AutotuneCacheWarning"]

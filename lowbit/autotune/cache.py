@@ -23,7 +23,7 @@ from typing import Iterable, NamedTuple
 
 import torch
 
-from ..kernels._common import KernelConfig
+from ..kernels import KernelConfig
 
 FORMAT = 1
 ENV_CACHE_DIR = "LOWBIT_CACHE_DIR"
@@ -312,6 +312,13 @@ def lookup(family, qw, path, m_bucket, dtype):
             _warn_once(("online", type(e).__name__), f"lowbit: online tuning unavailable ({type(e).__name__}: "
                        f"{e}); using heuristic configs")
     return cfg
+
+
+def warn_invalid(family, qw, path, m_bucket, dtype, config: KernelConfig, problem: str) -> None:
+    """One warning per key when a cached config cannot run (dispatch then uses the heuristic)."""
+    key = CacheKey.of(family, qw, path, m_bucket, dtype)
+    _warn_once(("invalid", key, config), f"lowbit: ignoring the cached config {config.label()} for {key.label()}: "
+               f"{problem}; using the heuristic config")
 
 
 def _lookup_key(device_index, family, scheme, n, k, group_size, dtype, path, m_bucket):

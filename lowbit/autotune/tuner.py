@@ -3,11 +3,9 @@
 :func:`tune` runs each candidate through ``family.launch``, rejects any whose output differs
 from the heuristic config's, and times the rest with ``triton.testing.do_bench`` (median).
 The timer is a parameter, so the selection logic is testable on CPU with made-up times.
-:func:`prune` is the shared-memory / group-size filter families apply to their spaces.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -15,16 +13,11 @@ from typing import Callable, Iterable
 import torch
 
 from ..formats import dim_bucket
-from ..kernels._common import KernelConfig, KernelPath
+from ..kernels import KernelConfig, KernelPath
 from .cache import CacheKey
 
 # Timer: (fn that launches the kernel once, its config) -> median time in microseconds.
 Timer = Callable[[Callable[[], object], KernelConfig], float]
-
-# Max dynamic shared memory per block (opt-in) by compute capability; 48 KiB when unknown.
-SHARED_OPTIN = {(7, 0): 96 * 1024, (7, 5): 64 * 1024, (8, 0): 163 * 1024, (8, 6): 99 * 1024,
-                (8, 7): 163 * 1024, (8, 9): 99 * 1024, (9, 0): 227 * 1024, (10, 0): 227 * 1024,
-                (12, 0): 99 * 1024}
 
 # Output agreement with the heuristic config, as max|y - y_h| / max|y_h|. Both accumulate in
 # fp32, only the summation order differs, so the outputs differ by at most a few roundings of
@@ -122,8 +115,9 @@ def tune(family, path, qw, m: int, dtype: torch.dtype = torch.float16, *, timer:
         x = torch.randn(m, qw.K, generator=gen, device=qw.device, dtype=torch.float32).to(dtype)
     if x.shape != (m, qw.K):
         raise ValueError(f"x must be [{m}, {qw.K}], got {tuple(x.shape)}")
-    heur = family.heuristic(path, m, qw)
-    cands = list(dict.fromkeys([heur, *(_space(family, path, qw, x.dtype) if configs is None else configs)]))
+    heur = family.heuristic(path, m, qw, x.dtype)
+    space = family.search_space(path, qw, x.dtype) if configs is None else configs
+    cands = list(dict.fromkeys([heur, *space]))
     key = CacheKey.of(family, qw, path, dim_bucket(m), x.dtype)
 
     def run(cfg):
@@ -154,70 +148,3 @@ def tune(family, path, qw, m: int, dtype: torch.dtype = torch.float16, *, timer:
         raise RuntimeError(f"no config of {key.label()} ran correctly: {trials[0].error}")
     best = min(ok, key=lambda t: t.us)
     return TuneResult(key, heur, best.config, trials)
-
-
-def _space(family, path, qw, dtype) -> list[KernelConfig]:
-    """family.search_space(path, qw), passing the activation dtype to families whose space depends on it."""
-    try:
-        params = inspect.signature(family.search_space).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "dtype" in params:
-        return list(family.search_space(path, qw, dtype=dtype))
-    return list(family.search_space(path, qw))
-
-
-# -- search-space pruning --------------------------------------------------------------------
-def shared_limit_for(capability) -> int:
-    """Opt-in shared memory per block (bytes) of a compute capability (80, (8, 0) or "8.0")."""
-    if isinstance(capability, str):
-        capability = tuple(int(p) for p in capability.split("."))
-    if isinstance(capability, int):
-        capability = divmod(capability, 10)
-    return SHARED_OPTIN.get(tuple(capability), 48 * 1024)
-
-
-def device_shared_limit(device=None) -> int:
-    """The opt-in shared memory per block of a CUDA device (initialises CUDA)."""
-    props = torch.cuda.get_device_properties(torch.cuda.current_device() if device is None else device)
-    limit = getattr(props, "shared_memory_per_block_optin", 0)
-    return int(limit) if limit else shared_limit_for((props.major, props.minor))
-
-
-def estimate_shared(config: KernelConfig, *, act_bytes: int = 2, weight_bits: int = 4,
-                    dequant_tile: bool = False) -> int:
-    """Shared memory a pipelined tile loop needs: stages x (x tile + packed weight tile).
-
-    With `dequant_tile` the dequantized [BLOCK_K, BLOCK_N] operand staged for tl.dot is added.
-    An estimate for pruning; the compile gate measures the real number.
-    """
-    x_tile = config.block_m * config.block_k * act_bytes
-    w_tile = -(-config.block_k * config.block_n * weight_bits // 8)
-    total = max(1, config.num_stages) * (x_tile + w_tile)
-    if dequant_tile:
-        total += config.block_k * config.block_n * act_bytes
-    return total
-
-
-def prune(configs: Iterable[KernelConfig], *, group_size: int | None = None, k: int | None = None,
-          shared_limit: int | None = None, act_bytes: int = 2, weight_bits: int = 4,
-          dequant_tile: bool = False) -> list[KernelConfig]:
-    """Drop configs that cannot work or cannot fit; keeps order and removes duplicates.
-
-    - group_size > 0: BLOCK_K must divide it (so BLOCK_K <= group_size; a K tile never spans
-      two metadata groups);
-    - k: every split-K slice must get at least one BLOCK_K tile;
-    - shared_limit: :func:`estimate_shared` must not exceed it (bytes).
-    May return an empty list; callers keep their heuristic config as the fallback.
-    """
-    out = []
-    for c in dict.fromkeys(configs):
-        if group_size is not None and group_size > 0 and (c.block_k > group_size or group_size % c.block_k):
-            continue
-        if k is not None and c.split_k > max(1, -(-k // c.block_k)):
-            continue
-        if shared_limit is not None and estimate_shared(
-                c, act_bytes=act_bytes, weight_bits=weight_bits, dequant_tile=dequant_tile) > shared_limit:
-            continue
-        out.append(c)
-    return out

@@ -70,7 +70,7 @@ def _setup_interpreter(device: str, backend: str) -> None:
     """Without a GPU the kernels run in Triton's interpreter, which must be chosen before triton loads."""
     if device != "cpu" or backend != "triton":
         return
-    from ..kernels._common import interpreting  # torch only: triton is not imported here
+    from ..kernels import interpreting  # torch only: triton is not imported here
 
     if "triton" in sys.modules and not interpreting():
         raise SystemExit("lowbit demo: triton was imported before TRITON_INTERPRET=1 could be set; "

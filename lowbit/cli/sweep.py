@@ -1,6 +1,6 @@
 """python -m lowbit sweep: time the kernels against F.linear fp16/bf16 and peers over shapes x M x schemes.
 
-On a GPU the defaults are DESIGN.md's full grid; without one, a tiny Triton-interpreter sweep
+On a GPU the defaults are the full benchmark grid (lowbit.perf.BENCH_SHAPES x BENCH_MS); without one, a tiny Triton-interpreter sweep
 checks the pipeline (its "gpu" column says cpu-interpreter and it writes to a temp directory
 unless --out is given). Results: <out>/<gpu-slug>/<date>-<commit>.csv plus .json and PNG plots.
 """
@@ -11,51 +11,11 @@ import os
 import sys
 import tempfile
 
-from ..formats import VALID_GROUP_SIZES, Scheme
+from ..formats import VALID_GROUP_SIZES
+from .args import parse_ms, parse_schemes, parse_shapes
 
 _DTYPES = ("fp16", "bf16", "fp32")
 _PATHS = ("auto", "gemv", "gemm")
-
-
-def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
-    """'4096x4096,11008x4096' -> ((4096, 4096), (11008, 4096)) (N x K, both positive)."""
-    shapes = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            n, k = int(parts[0]), int(parts[1])
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad shape {item.strip()!r}: expected NxK such as 4096x4096") from None
-        if n <= 0 or k <= 0:
-            raise argparse.ArgumentTypeError(f"bad shape {item.strip()!r}: N and K must be positive")
-        shapes.append((n, k))
-    return tuple(shapes)
-
-
-def parse_ms(text: str) -> tuple[int, ...]:
-    """'1,16,4096' -> (1, 16, 4096) (positive integers)."""
-    out = []
-    for item in text.split(","):
-        try:
-            m = int(item.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad batch size {item.strip()!r}: expected an integer") from None
-        if m <= 0:
-            raise argparse.ArgumentTypeError(f"bad batch size {m}: M must be positive")
-        out.append(m)
-    return tuple(out)
-
-
-def parse_schemes(text: str) -> tuple[str, ...]:
-    """'int4,nf4' -> ('int4', 'nf4'); 'all' -> every scheme."""
-    if text.strip().lower() == "all":
-        return tuple(s.value for s in Scheme)
-    try:
-        return tuple(Scheme.parse(s.strip()).value for s in text.split(","))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_peers(text: str) -> tuple[str, ...]:
@@ -82,7 +42,7 @@ def parse_paths(text: str) -> tuple[str | None, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", type=parse_shapes, default=None,
-                        help="comma-separated NxK weight shapes (default: DESIGN.md's ten; CPU: 384x384)")
+                        help="comma-separated NxK weight shapes (default on a GPU: the ten benchmark shapes of perf/README.md; CPU: 384x384)")
     parser.add_argument("--m", type=parse_ms, default=None,
                         help="comma-separated batch sizes M (default: 1,2,4,...,4096; CPU: 1,16)")
     parser.add_argument("--schemes", type=parse_schemes, default=None,
@@ -111,10 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve(args, cuda: bool) -> dict:
-    from ..perf.runner import ALL_SCHEMES, CPU_DEFAULT, DESIGN_MS, DESIGN_SHAPES, PEER_NAMES, QUICK_GPU
+    from ..perf.runner import ALL_SCHEMES, CPU_DEFAULT, BENCH_MS, BENCH_SHAPES, PEER_NAMES, QUICK_GPU
 
     base = (QUICK_GPU if cuda else CPU_DEFAULT) if (args.quick or not cuda) else \
-        {"shapes": DESIGN_SHAPES, "ms": DESIGN_MS, "schemes": ALL_SCHEMES}
+        {"shapes": BENCH_SHAPES, "ms": BENCH_MS, "schemes": ALL_SCHEMES}
     return {"shapes": args.shapes or base["shapes"], "ms": args.m or base["ms"],
             "schemes": args.schemes or base["schemes"],
             "peers": PEER_NAMES if args.peers is None else args.peers}

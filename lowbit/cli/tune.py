@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from argparse import ArgumentTypeError
 from dataclasses import dataclass
 from pathlib import Path
+
+from .args import parse_ms, parse_shapes
 
 DEFAULT_SHAPES = "4096x4096,11008x4096,4096x11008"
 DEFAULT_SCHEMES = "int4"
@@ -44,33 +47,13 @@ class Job:
     m: int  # the M bucket, also the M tuned with
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--{what} takes comma-separated integers, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise ValueError(f"--{what} needs positive integers, got {text!r}")
-    return vals
-
-
-def _shapes(text: str) -> list[tuple[int, int]]:
-    out = []
-    for item in text.split(","):
-        parts = item.strip().lower().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"--shapes entries look like 4096x4096 (N x K), got {item.strip()!r}")
-        out.append((int(parts[0]), int(parts[1])))
-    return out
-
-
 def plan(args) -> tuple[list[Job], list[str]]:
     """The jobs to run (deduplicated by cache key) and notes about skipped combinations."""
     from ..formats import Scheme, dim_bucket, make_spec
-    from ..kernels import family_for
-    from ..kernels._common import KernelPath
+    from ..kernels import KernelPath, family_for
 
-    shapes, ms = _shapes(args.shapes), _ints(args.m, "m")
+    shapes = parse_shapes(args.shapes) if isinstance(args.shapes, str) else args.shapes
+    ms = parse_ms(args.m) if isinstance(args.m, str) else args.m
     jobs, notes, seen = [], [], set()
     for name in [s.strip() for s in args.schemes.split(",") if s.strip()]:
         scheme = Scheme.parse(name)
@@ -142,7 +125,7 @@ def run(args) -> int:
 
     try:
         jobs, notes = plan(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArgumentTypeError) as e:
         print(f"lowbit tune: {e}", file=sys.stderr)
         return 2
     for note in notes:
@@ -151,7 +134,7 @@ def run(args) -> int:
     if args.dry_run:
         print(f"{len(jobs)} key(s) to tune, activations {args.dtype}:")
         for j in jobs:
-            print(f"  {_job_label(j)}  ({len(j.family.search_space(j.path))} configs before pruning)")
+            print(f"  {_job_label(j)}  ({len(j.family.search_space(j.path, dtype=dtype))} configs before pruning)")
         return 0
     reason = _no_gpu_reason()
     if reason:

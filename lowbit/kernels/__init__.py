@@ -1,36 +1,38 @@
-"""Triton kernels, one module per family; :func:`linear` dispatches a QuantizedWeight to its family.
+"""The kernel families and :func:`linear`, the one import surface of lowbit.kernels for the rest of lowbit.
 
-Modules import triton, so this package is imported lazily by :func:`lowbit.linear`.
+Each family is a package (uniform/, lut/, sign/) exporting ``FAMILY``, ``launch`` and its
+``<family>_linear`` custom op. Family packages import triton, so they load on first use:
+importing this package costs only torch.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import sys
+from typing import Callable
 
 import torch
 
 from .._checks import check_linear_args
 from ..formats import QuantizedWeight, Scheme
-from ._common import KernelConfig, KernelFamily, KernelPath
+from .base import (AotCase, KernelConfig, KernelFamily, KernelPath, check_runtime, flatten_rows, interpreting,
+                   on_interpreter, operands)
 
-# family module name -> schemes it serves (import happens on first use)
-_FAMILY_MODULES = ("uniform", "lut", "ternary", "binary")
+_FAMILY_PACKAGES = ("uniform", "lut", "sign")
+
+# (family, x, path, m, qw) -> KernelConfig; lowbit.dispatch passes one that consults the autotune cache
+ConfigChooser = Callable[[KernelFamily, torch.Tensor, KernelPath, int, QuantizedWeight], KernelConfig]
 
 
 def families() -> list[KernelFamily]:
-    """Every kernel family that is implemented, in a fixed order."""
+    """Every kernel family, in a fixed order."""
     out = []
-    for mod_name in _FAMILY_MODULES:
+    for pkg in _FAMILY_PACKAGES:
         # sys.modules first: torch.compile (dynamo) can trace a dict lookup but not importlib,
         # so a forward traced after the families were imported once stays one graph.
-        mod = sys.modules.get(f"{__name__}.{mod_name}")
+        mod = sys.modules.get(f"{__name__}.{pkg}")
         if mod is None:
-            try:
-                mod = importlib.import_module(f"{__name__}.{mod_name}")
-            except ModuleNotFoundError as e:
-                if e.name == f"{__name__}.{mod_name}":
-                    continue
-                raise
+            mod = importlib.import_module(f"{__name__}.{pkg}")
         out.append(mod.FAMILY)
     return out
 
@@ -41,14 +43,30 @@ def family_for(scheme: Scheme | str) -> KernelFamily:
     for fam in families():
         if fam.serves(scheme):
             return fam
-    raise ValueError(f"no Triton kernel serves scheme {scheme.value!r} yet")
+    raise ValueError(f"no Triton kernel serves scheme {scheme.value!r}")
+
+
+def _default_chooser(fam: KernelFamily, x: torch.Tensor, path: KernelPath, m: int, qw: QuantizedWeight):
+    return fam.default_config(x, path, m, qw)
 
 
 def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
-           path: KernelPath | str | None = None) -> torch.Tensor:
-    """y = x . W^T + b on the Triton kernels; `path` forces "gemv" or "gemm"."""
+           path: KernelPath | str | None = None, choose_config: ConfigChooser | None = None) -> torch.Tensor:
+    """y = x . W^T + b on the Triton kernels (same contract as F.linear); the twin of reference.linear.
+
+    Arguments are checked once here. `path` forces "gemv" or "gemm"; `choose_config` picks the
+    launch config (default: the family's heuristic; lowbit.linear passes the autotuned one).
+    """
     check_linear_args(x, qw, bias)
-    return family_for(qw.scheme).forward(x, qw, bias, KernelPath.parse(path))
+    check_runtime(x)
+    fam = family_for(qw.scheme)
+    x2d = flatten_rows(x)
+    m = math.prod(x.shape[:-1])
+    path = KernelPath.parse(path) or fam.choose_path(m)
+    cfg = (choose_config or _default_chooser)(fam, x, path, m, qw)
+    y = fam.forward(x2d, qw, None if bias is None else bias.contiguous(), path, cfg)
+    return y.reshape(*x.shape[:-1], qw.N)
 
 
-__all__ = ["linear", "families", "family_for", "KernelConfig", "KernelFamily", "KernelPath"]
+__all__ = ["linear", "families", "family_for", "KernelConfig", "KernelFamily", "KernelPath", "AotCase",
+           "ConfigChooser", "interpreting", "on_interpreter", "operands"]

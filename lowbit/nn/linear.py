@@ -32,16 +32,6 @@ class Backend(str, enum.Enum):
             raise ValueError(f"unknown backend {value!r}; expected 'triton' or 'reference'") from None
 
 
-def _unchecked(scheme: Scheme, spec, shape: tuple[int, int], tensors: dict) -> QuantizedWeight:
-    """A QuantizedWeight over tensors that were validated already (no host sync: safe in a forward)."""
-    qw = object.__new__(QuantizedWeight)
-    qw.scheme = scheme
-    qw.spec = spec
-    qw.shape = shape
-    qw.tensors = tensors
-    return qw
-
-
 def _load_families() -> None:
     """Import the kernel families now: a forward traced by torch.compile must find them loaded."""
     from .. import kernels
@@ -71,7 +61,7 @@ class QuantLinear(nn.Module):
         self.spec = qw.spec
         self.out_features, self.in_features = qw.shape
         self.backend = backend
-        self._tensor_names: tuple[str, ...] = tuple(qw.tensors)
+        self.tensor_names: tuple[str, ...] = tuple(qw.tensors)
         for name, t in qw.tensors.items():
             self.register_buffer(name, t)
         if bias is not None:
@@ -109,21 +99,22 @@ class QuantLinear(nn.Module):
     def quantized_weight(self) -> QuantizedWeight:
         """The stored weight as a validated QuantizedWeight sharing this module's buffers."""
         return QuantizedWeight(self.scheme, self.spec, self.shape,
-                               {name: getattr(self, name) for name in self._tensor_names})
+                               {name: getattr(self, name) for name in self.tensor_names})
 
     @property
     def bits_per_weight(self) -> float:
-        nbytes = sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self._tensor_names)
+        nbytes = sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self.tensor_names)
         return 8.0 * nbytes / (self.out_features * self.in_features)
 
     def options(self) -> dict:
         """The scheme's options as keyword arguments (what quantize_weight was given)."""
-        return _unchecked(self.scheme, self.spec, self.shape, {}).options()
+        return self.spec.options()
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qw = _unchecked(self.scheme, self.spec, self.shape,
-                        {name: getattr(self, name) for name in self._tensor_names})
+        # validated at construction and on state-dict loads; no value checks here (no host sync)
+        qw = QuantizedWeight.unchecked(self.scheme, self.spec, self.shape,
+                                       {name: getattr(self, name) for name in self.tensor_names})
         if self.backend is Backend.REFERENCE:
             from .. import reference
 
@@ -141,7 +132,7 @@ class QuantLinear(nn.Module):
     # -- device moves and state dicts ------------------------------------------------------
     def _apply(self, fn, recurse=True):
         """Move the quantized buffers with the module but never change their dtypes."""
-        saved = {name: self._buffers.pop(name) for name in self._tensor_names}
+        saved = {name: self._buffers.pop(name) for name in self.tensor_names}
         try:
             super()._apply(fn, recurse)
         finally:
@@ -155,7 +146,7 @@ class QuantLinear(nn.Module):
         # Shapes must match exactly (same scheme, options and [N, K]); then check the values too.
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if any(prefix + n in state_dict for n in self._tensor_names):
+        if any(prefix + n in state_dict for n in self.tensor_names):
             try:
                 self.quantized_weight()
             except (ValueError, TypeError) as e:

@@ -67,7 +67,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> None:
     first_name: dict[int, str] = {}
     for fqn, m in layers.items():
         layer_meta[fqn] = {"scheme": m.scheme.value, "options": m.options(), "shape": list(m.shape),
-                           "bias": m.bias is not None, "tensors": list(m._tensor_names)}
+                           "bias": m.bias is not None, "tensors": list(m.tensor_names)}
         if id(m) in first_name:
             layer_meta[fqn]["shared_with"] = first_name[id(m)]
         first_name.setdefault(id(m), fqn)
@@ -182,7 +182,7 @@ def _build_layer(fqn: str, rec: dict, model: nn.Module, tensors: dict[str, torch
         raise ValueError(f"{path}: the file has a quantized layer {fqn!r} that the model does not have "
                          "(a different architecture?)") from None
     if isinstance(current, QuantLinear):
-        if current.scheme is not scheme or current.options() != spec_options(scheme, spec) or current.shape != shape:
+        if current.scheme is not scheme or current.options() != spec.options() or current.shape != shape:
             raise ValueError(f"layer {fqn!r} is already quantized as {current.scheme.value} {current.options()} "
                              f"{current.shape}, but the file has {scheme.value} {rec['options']} {shape}")
         device = current.qweight.device
@@ -208,13 +208,6 @@ def _build_layer(fqn: str, rec: dict, model: nn.Module, tensors: dict[str, torch
                          f"{list(shape)} weight: {e}") from None
     bias = tensors[f"{fqn}.bias"].to(device) if has_bias else None
     return QuantLinear(qw, bias, backend=backend)
-
-
-def spec_options(scheme: Scheme, spec) -> dict:
-    """The options dict of a spec, as QuantLinear.options() reports it."""
-    from .linear import _unchecked
-
-    return _unchecked(scheme, spec, (1, 1), {}).options()
 
 
 def load_quantized(model: nn.Module, path: str | os.PathLike, *,

@@ -6,9 +6,9 @@ Importing this package touches neither CUDA nor Triton.
 from __future__ import annotations
 
 from .bench import BenchSettings, Timing, rotation_count
-from .runner import (ALL_SCHEMES, COLUMNS, CPU_DEFAULT, DESIGN_MS, DESIGN_SHAPES, EXTRA_COLUMNS, QUICK_GPU,
+from .runner import (ALL_SCHEMES, COLUMNS, CPU_DEFAULT, BENCH_MS, BENCH_SHAPES, EXTRA_COLUMNS, QUICK_GPU,
                      SweepConfig, add_speedup, headline, run_sweep, write_results)
 
 __all__ = ["BenchSettings", "Timing", "rotation_count", "SweepConfig", "run_sweep", "write_results",
-           "add_speedup", "headline", "COLUMNS", "EXTRA_COLUMNS", "DESIGN_SHAPES", "DESIGN_MS", "ALL_SCHEMES",
+           "add_speedup", "headline", "COLUMNS", "EXTRA_COLUMNS", "BENCH_SHAPES", "BENCH_MS", "ALL_SCHEMES",
            "QUICK_GPU", "CPU_DEFAULT"]

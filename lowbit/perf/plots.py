@@ -86,47 +86,40 @@ def _empty(fig_title: str):
     return fig
 
 
-def speedup_figure(df, title: str = ""):
-    """Speedup over F.linear fp16 vs M, one line per scheme/provider, one panel per shape."""
+def _per_shape_figure(df, ycol: str, ylabel: str, default_title: str, title: str, skip=(), hline=None):
+    """One panel per weight shape, `ycol` vs M (log2), one line per provider/scheme; `hline` = (y, style)."""
     d = timed(df)
     if d.empty:
-        return _empty(title or "speedup vs fp16")
+        return _empty(title or default_title)
     shapes = _shapes(d)
     fig, axes = _panels(shapes)
     for ax, (n, k) in zip(axes, shapes):
-        s = d[(d["N"] == n) & (d["K"] == k)]
-        _lines(ax, s, "speedup_vs_fp16", skip=BASELINES)
-        ax.axhline(1.0, color="black", lw=0.8)
+        _lines(ax, d[(d["N"] == n) & (d["K"] == k)], ycol, skip=skip)
+        if hline is not None:
+            ax.axhline(hline[0], **hline[1])
         ax.set_xscale("log", base=2)
         ax.set_title(f"N={n} K={k}")
         ax.set_xlabel("M (batch rows)")
-        ax.set_ylabel("speedup vs fp16 F.linear")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle(title or "speedup over F.linear fp16\n(dashed: CUDA-graph replay vs fp16 under replay)")
+    fig.suptitle(title or default_title)
     return fig
+
+
+def speedup_figure(df, title: str = ""):
+    """Speedup over F.linear fp16 vs M, one line per scheme/provider, one panel per shape."""
+    return _per_shape_figure(df, "speedup_vs_fp16", "speedup vs fp16 F.linear",
+                             "speedup over F.linear fp16\n(dashed: CUDA-graph replay vs fp16 under replay)", title,
+                             skip=BASELINES, hline=(1.0, {"color": "black", "lw": 0.8}))
 
 
 def bandwidth_figure(df, copy_gbps: float | None = None, title: str = ""):
     """Achieved GB/s (bytes moved / median) vs M, with the measured copy bandwidth as the roof."""
-    d = timed(df)
-    if d.empty:
-        return _empty(title or "achieved bandwidth")
-    shapes = _shapes(d)
-    fig, axes = _panels(shapes)
-    for ax, (n, k) in zip(axes, shapes):
-        s = d[(d["N"] == n) & (d["K"] == k)]
-        _lines(ax, s, "gbps")
-        if copy_gbps and copy_gbps > 0:
-            ax.axhline(copy_gbps, color="red", lw=1, ls=":", label="measured copy bandwidth")
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"N={n} K={k}")
-        ax.set_xlabel("M (batch rows)")
-        ax.set_ylabel("GB/s (weights+meta+x+y)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle(title or "achieved bandwidth vs the copy-bandwidth roof")
-    return fig
+    roof = (copy_gbps, {"color": "red", "lw": 1, "ls": ":", "label": "measured copy bandwidth"}) \
+        if copy_gbps and copy_gbps > 0 else None
+    return _per_shape_figure(df, "gbps", "GB/s (weights+meta+x+y)", "achieved bandwidth vs the copy-bandwidth roof",
+                             title, hline=roof)
 
 
 def roofline_figure(df, copy_gbps: float | None = None, title: str = ""):

@@ -1,7 +1,7 @@
 """The sweep itself: shapes x batch sizes x providers -> one pandas DataFrame, then CSV + JSON + plots.
 
 Each weight is generated and quantized once per shape and provider (on the device it runs on);
-every batch size M then reuses it. Timings follow DESIGN.md's performance method: do_bench
+every batch size M then reuses it. Timings follow the method in perf/README.md: do_bench
 medians with p20/p80, rotated buffers when the data fits in L2, and CUDA-graph replay at small M
 reported as a separate ``<provider>+graph`` row whose speedup is taken against ``torch-fp16+graph``.
 """
@@ -11,7 +11,6 @@ import datetime as _dt
 import json
 import math
 import platform
-import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -20,14 +19,15 @@ from typing import Callable
 
 import torch
 
+from ..autotune import gpu_slug
 from ..formats import Scheme
 from .bench import BenchSettings, l2_cache_bytes, rotation_count, time_calls, time_graph
 from .providers import LowbitProvider, Prepared, Provider, TorchLinear, default_options, peer_providers
 from .roofline import achieved, bytes_moved, flops, measure_copy_bandwidth
 
-DESIGN_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (1024, 4096),
+BENCH_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 4096), (4096, 14336), (1024, 4096),
                  (8192, 8192), (384, 384), (1536, 384), (384, 1536))
-DESIGN_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+BENCH_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 ALL_SCHEMES = tuple(s.value for s in Scheme)
 QUICK_GPU = {"shapes": ((4096, 4096), (8192, 8192)), "ms": (1, 16, 128, 4096),
              "schemes": ("int4", "int2", "nf4", "ternary_a16")}
@@ -62,11 +62,6 @@ class SweepConfig:
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
-def slugify(name: str) -> str:
-    """A directory-safe lower-case name: 'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-
-
 def git_commit() -> str:
     """Short commit of the checkout lowbit runs from, '-dirty' when tracked files changed; 'nogit' outside git."""
     root = Path(__file__).resolve().parents[2]
@@ -89,7 +84,7 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
         cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
-        slug = slugify(gpu)
+        slug = gpu_slug(gpu)
     else:
         gpu, cap, slug = CPU_GPU_LABEL, "", CPU_GPU_LABEL
     return {"gpu": gpu, "gpu_slug": slug, "capability": cap, "torch": torch.__version__,

@@ -8,27 +8,20 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_linear_args, check_weight
-from ..formats import (LUT_SCHEMES, UNIFORM_SCHEMES, ActivationQuant, QuantizedWeight, Scheme,
-                       TernarySpec, make_spec)
+from ..formats import (ActivationQuant, BinarySpec, LUTSpec, NF4Spec, QuantizedWeight, Scheme, TernarySpec,
+                       UniformSpec, make_spec, spec_type)
 from . import binary, lut, nf4, ternary, uniform
 from .packing import pack_codes, unpack_codes
 
 __all__ = ["quantize_weight", "dequantize", "linear", "pack_codes", "unpack_codes",
            "binary", "lut", "nf4", "ternary", "uniform"]
 
-_QUANTIZER_ONLY = ("sensitivity", "iters")
+# The reference module of each spec class: its quantize(w, spec, **quantizer options) and dequantize(qw, dtype).
+MODULES = {UniformSpec: uniform, NF4Spec: nf4, LUTSpec: lut, TernarySpec: ternary, BinarySpec: binary}
 
 
 def _module(scheme: Scheme):
-    if scheme in UNIFORM_SCHEMES:
-        return uniform
-    if scheme is Scheme.NF4:
-        return nf4
-    if scheme in LUT_SCHEMES:
-        return lut
-    if scheme is Scheme.BINARY:
-        return binary
-    return ternary
+    return MODULES[spec_type(scheme)]
 
 
 def quantize_weight(w: torch.Tensor, scheme: Scheme | str, **options) -> QuantizedWeight:
@@ -40,7 +33,7 @@ def quantize_weight(w: torch.Tensor, scheme: Scheme | str, **options) -> Quantiz
     n, k = w.shape
     if hasattr(spec, "effective_group") and k % spec.effective_group(k):
         raise ValueError(f"K={k} (in_features) is not divisible by group_size={spec.group_size}")
-    extra = {name: options[name] for name in _QUANTIZER_ONLY if name in options}
+    extra = {name: options[name] for name in type(spec).QUANTIZER_OPTIONS if name in options}
     tensors = _module(scheme).quantize(w, spec, **extra)
     return QuantizedWeight(scheme, spec, (n, k), tensors)
 
