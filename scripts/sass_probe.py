@@ -54,7 +54,7 @@ def jit_like(signature: dict, constexprs: dict, ints: dict) -> tuple[dict, dict,
 
 
 def show(title: str, sass: str, threads: int, weights_per_iter: int, iterations: int, ctas: int,
-         launches_extra=(), bytes_main: float = 0.0) -> None:
+         launches_extra=(), bytes_main: float = 0.0, cc: int = 90) -> None:
     r = analyze(sass)
     ipw = r.instructions_per_weight(threads, weights_per_iter)
     print(f"== {title}")
@@ -67,7 +67,7 @@ def show(title: str, sass: str, threads: int, weights_per_iter: int, iterations:
           + ("; LOWER BOUND (inner loops counted once)" if r.lower_bound else ""))
     main = sm.Launch.from_loop(r, name="gemv", bytes_moved=bytes_main, threads_per_cta=threads, ctas=ctas,
                                iterations=iterations)
-    for hw in (sm.H200, sm.H100_SXM, sm.A100_SXM_80GB):
+    for hw in ((sm.H200, sm.H100_SXM) if cc == 90 else (sm.A100_SXM_80GB,)):  # the GPUs this build runs on
         est = sm.estimate([main, *launches_extra], hw, shape=(M, N, K))
         print("   " + sm.format_estimate(est).replace("\n", "\n   "))
 
@@ -100,7 +100,7 @@ def probe_uniform(cc: int) -> None:
             ("gate", (case.signature, case.constexprs, case.divisible_by_16)),
             ("jit", jit_like(case.signature, case.constexprs, ints))):
         sass = compile_sass(uniform_gemv_kernel, sig, const, div, cfg, cc)
-        show(f"uniform int4 GEMV [{label}]", sass, threads, weights, per_split, ctas, (reduce,), gemv_bytes)
+        show(f"uniform int4 GEMV [{label}]", sass, threads, weights, per_split, ctas, (reduce,), gemv_bytes, cc)
 
 
 def probe_lut4(cc: int) -> None:
@@ -135,7 +135,7 @@ def probe_lut4(cc: int) -> None:
           f"{per_split} steps per split), sm_{cc}")
     for label, (s, c, div) in (("gate", (sig, const, ())), ("jit", jit_like(sig, const, ints))):
         sass = compile_sass(lut_gemv_kernel, s, c, div, cfg, cc)
-        show(f"lut4 GEMV [{label}]", sass, threads, weights, per_split, ctas, extra, gemv_bytes)
+        show(f"lut4 GEMV [{label}]", sass, threads, weights, per_split, ctas, extra, gemv_bytes, cc)
 
 
 def main(argv=None) -> int:

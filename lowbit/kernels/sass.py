@@ -273,11 +273,11 @@ def access_bits(instr: Instruction) -> int | None:
     """Bits one thread moves with a memory instruction: from ``.U8/.S16/.64/.128`` (32 when
     unmarked); LDSM/STSM: 32 bits per 8x8 matrix (``.2``: 64, ``.4``: 128). None for non-memory
     instructions and for TMA bulk copies (their size is in a descriptor, not the opcode)."""
-    cls = classify(instr)
-    if instr.predicate == "!PT":
-        return 0
+    cls = CLASSES.get(instr.mnemonic)
     if cls not in _LOADS or instr.mnemonic in ("UTMALDG", "UBLKCP", "UTMASTG", "UTMAREDG"):
         return None
+    if instr.predicate == "!PT":  # never executes
+        return 0
     mods = instr.modifiers
     if instr.mnemonic in ("LDSM", "STSM"):
         count = 1
@@ -487,10 +487,10 @@ def _trips_for(inner: Sequence[Loop], inner_trips) -> tuple[dict[int, float], bo
         return {lp.first: 1.0 for lp in inner}, bool(inner)
     if isinstance(inner_trips, Mapping):
         known = {lp.first for lp in inner}
-        extra = set(inner_trips) - known
+        extra = [o for o in inner_trips if o not in known]
         if extra:
-            raise ValueError(f"inner_trips names offsets {sorted(hex(o) for o in extra)} that start no inner "
-                             f"loop; inner loops start at {sorted(hex(o) for o in known)}")
+            raise ValueError(f"inner_trips names offsets {[hex(o) if isinstance(o, int) else o for o in extra]} "
+                             f"that start no inner loop; inner loops start at {sorted(hex(o) for o in known)}")
         for k, v in inner_trips.items():
             _check_trips(v, f"inner_trips[{k:#x}]")
         return {lp.first: float(inner_trips.get(lp.first, 1)) for lp in inner}, \
@@ -536,8 +536,7 @@ def loop_report(func: SassFunction, loop: Loop, loops: Sequence[Loop] | None = N
                 continue
             nbytes = w * bits / 8
             if cls is InstrClass.GLOBAL_LOAD:
-                if ins.predicate != "!PT":
-                    widths[bits] = widths.get(bits, 0.0) + w
+                widths[bits] = widths.get(bits, 0.0) + w
                 gl += nbytes
             elif cls in (InstrClass.GLOBAL_STORE, InstrClass.GLOBAL_ATOMIC):
                 gs += nbytes

@@ -122,6 +122,7 @@ def test_parse_snippet_without_header_and_bad_input():
     pytest.param("@!PT LDS RZ, [RZ]", InstrClass.NOP, 0, id="never-runs"),
     pytest.param("S2R R3, SR_CTAID.X", InstrClass.OTHER, None, id="s2r"),
     pytest.param("FUTUREOP R1", InstrClass.OTHER, None, id="unknown"),
+    pytest.param("@!PT FFMA R1, R2, R3, R4", InstrClass.NOP, None, id="never-runs-math"),
 ])
 def test_classify(text, cls, bits):
     ins = _ins(text)
@@ -224,6 +225,8 @@ def test_loop_override_and_errors():
         analyze(NESTED, loop="0x20")
     with pytest.raises(ValueError, match="start no inner loop"):
         analyze(NESTED, inner_trips={0xc0: 2})
+    with pytest.raises(ValueError, match="start no inner loop"):
+        analyze(NESTED, inner_trips={"0x40": 2})
     with pytest.raises(ValueError, match="non-negative"):
         analyze(NESTED, inner_trips=-1)
     with pytest.raises(ValueError, match="no loop"):
@@ -250,12 +253,11 @@ def test_partially_overlapping_loops_merge():
 
 
 def test_kernel_name_selection():
-    two = DUMP.replace("@P1 BRA !P2, 0x0", "@P1 BRA !P2, 0x0")
     with pytest.raises(ValueError, match="kernel_name"):
-        analyze(two)
-    assert analyze(two, kernel_name="first_kernel").first == 0
+        analyze(DUMP)
+    assert analyze(DUMP, kernel_name="first_kernel").first == 0
     with pytest.raises(ValueError, match="no function 'missing'"):
-        analyze(two, kernel_name="missing")
+        analyze(DUMP, kernel_name="missing")
 
 
 def test_report_to_dict_is_json():
