@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import SHARED_LIMIT, AotCase, interpreting
+from .sass import cuobjdump_path
 
 TARGETS = tuple(SHARED_LIMIT)
 _MMA_RE = {
@@ -76,15 +77,6 @@ def _kernel_name(case: AotCase) -> str:
     return getattr(case.kernel, "__name__", str(case.kernel))
 
 
-def _cuobjdump() -> str:
-    import triton
-
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not path.exists():
-        raise FileNotFoundError(f"cuobjdump not found in the triton wheel at {path}")
-    return str(path)
-
-
 def _memo_dir() -> Path:
     """Where inspected-cubin results are kept: beside Triton's own cache."""
     root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
@@ -96,8 +88,8 @@ def _inspect_cubin(cubin: bytes) -> tuple[dict, str]:
         f = os.path.join(d, "k.cubin")
         with open(f, "wb") as fh:
             fh.write(cubin)
-        res = subprocess.run([_cuobjdump(), "--dump-resource-usage", f], capture_output=True, text=True, check=True)
-        sass = subprocess.run([_cuobjdump(), "-sass", f], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([cuobjdump_path(), "--dump-resource-usage", f], capture_output=True, text=True, check=True)
+        sass = subprocess.run([cuobjdump_path(), "-sass", f], capture_output=True, text=True, check=True).stdout
     m = _RES_RE.search(res.stdout)
     if not m:
         raise RuntimeError(f"cannot parse cuobjdump resource usage: {res.stdout[:200]}")
