@@ -1,0 +1,244 @@
+"""Tensor-parallel layers and models on 2, 3 and 4 gloo ranks (CPU, Triton interpreter).
+
+Each test spawns its ranks once and runs every check of that world size inside them (process
+start-up dominates the cost). Every rank builds the same seeded model, so the single-process
+result is available on each rank as the oracle.
+
+Error bounds, rel = max|y - y_ref| / max|y_ref| against the float64 oracle
+(lowbit.reference.linear, or a float64 copy of the model with backend="reference"):
+- column-parallel: each output element is computed by the same kernel from the same row of W
+  as on one device, TOL_LAYER = 1e-4 as for one QuantLinear in fp32 (tests/test_nn.py);
+- row-parallel: w partial sums of K/w products each, rounded to fp32 and added by the
+  all-reduce: the same K products and about log2(w) more roundings, within TOL_LAYER;
+- ternary W1.58A8 row-parallel: the all-reduced absmax gives every rank the single-process
+  int8 activations, so the integer dot products are exact and only fp32 rounding remains
+  (with a rank-local absmax the error would be ~1e-2, which TOL_LAYER rejects);
+- a whole tiny Llama: TOL_MODEL = 1e-3 as in tests/test_nn.py.
+"""
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import assert_close_rel
+from ranks import run_ranks
+
+TOL_LAYER = 1e-4
+TOL_MODEL = 1e-3
+TIMEOUT_S = 240
+
+# One scheme per family (two for uniform and ternary), options sized for K = 64 / N = 48 splits.
+LAYER_SCHEMES = {"int4": {"group_size": 32}, "int3": {"group_size": -1}, "nf4": {"group_size": 32},
+                 "lut3": {"iters": 2}, "sq4": {"iters": 2, "outlier_fraction": 0.05},
+                 "ternary": {}, "ternary_a16": {"per_channel": True}, "binary": {}}
+
+
+def _reference_copy(model):
+    """A float64 copy of a quantized model whose QuantLinear layers run the float64 oracle."""
+    import lowbit
+
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, lowbit.QuantLinear):
+            m.backend = "reference"
+    return ref.double()
+
+
+# -- bodies run on every rank ------------------------------------------------------------------
+
+def _layers_body(rank, world):
+    import lowbit
+    import lowbit.distributed as ld
+
+    for scheme, opts in LAYER_SCHEMES.items():
+        torch.manual_seed(0)
+        up = lowbit.QuantLinear.from_linear(nn.Linear(64, 128), scheme, **opts)
+        down = lowbit.QuantLinear.from_linear(nn.Linear(128, 48), scheme, **opts)
+        for m in (3, 12):  # the GEMV and the GEMM path
+            x = torch.randn(m, 64)
+            ref_up = lowbit.reference.linear(x.double(), up.quantized_weight(), up.bias.double())
+            col = ld.ColumnParallelQuantLinear.from_quant_linear(up, gather_output=True)
+            assert col.out_features == 128 // world and col.full_shape == (128, 64)
+            assert_close_rel(col(x), ref_up, TOL_LAYER, f"{scheme} column-parallel M={m}")
+
+            h = torch.relu(ref_up).float()
+            ref_down = lowbit.reference.linear(h.double(), down.quantized_weight(), down.bias.double())
+            row = ld.RowParallelQuantLinear.from_quant_linear(down)
+            assert row.in_features == 128 // world
+            assert_close_rel(row(h), ref_down, TOL_LAYER, f"{scheme} row-parallel, full x, M={m}")
+            k0, k1 = row.k_start, row.k_stop
+            assert_close_rel(row(h[:, k0:k1]), ref_down, TOL_LAYER, f"{scheme} row-parallel, local x, M={m}")
+
+            # column (output left sharded) -> row: the Megatron MLP, no gather in between
+            col_s = ld.ColumnParallelQuantLinear.from_quant_linear(up, gather_output=False)
+            y = row(torch.relu(col_s(x)))
+            ref = lowbit.reference.linear(torch.relu(ref_up), down.quantized_weight(), down.bias.double())
+            assert_close_rel(y, ref, TOL_LAYER, f"{scheme} column->row M={m}")
+
+    # fp16 activations through a row-parallel A8 layer: one fp16 rounding of each partial sum
+    torch.manual_seed(1)
+    lin = lowbit.QuantLinear.from_linear(nn.Linear(64, 48), "ternary")
+    x = torch.randn(5, 64).half()
+    y = ld.RowParallelQuantLinear.from_quant_linear(lin)(x)
+    assert y.dtype == torch.float16
+    assert_close_rel(y, lowbit.reference.linear(x, lin.quantized_weight(), lin.bias, out_dtype=torch.float64),
+                     3e-3, "ternary row-parallel fp16")
+
+    # torch.compile traces the functional collectives: one graph, same result as eager
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 64))
+    lowbit.quantize_(mlp, "int4", group_size=32)
+    ld.parallelize_(mlp, {"0": "colwise", "2": "rowwise"})
+    assert isinstance(mlp[0], ld.ColumnParallelQuantLinear) and mlp[0].gather_output is False
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        eager = mlp(x)
+        compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")(x)
+    assert torch.equal(eager, compiled)
+
+
+def _tiny_llama(hidden, heads, kv_heads, inter, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=32,
+                      tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _quantize_mixed(model, schemes):
+    """Give each projection kind its own scheme: {name suffix: (scheme, options)}."""
+    import lowbit
+
+    for suffix, (scheme, opts) in schemes.items():
+        lowbit.quantize_(model, scheme, filter_fn=lambda m, fqn, s=suffix: fqn.endswith(s), **opts)
+    return model
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _llama_body(rank, world, folder, config, schemes, plan_kind):
+    import torch.distributed as dist
+
+    import lowbit
+    import lowbit.distributed as ld
+
+    def fresh():
+        return _tiny_llama(*config)
+
+    model = _quantize_mixed(fresh(), schemes)
+    ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
+    single = _logits(model, ids)
+    oracle = _logits(_reference_copy(model), ids.clone())
+    assert_close_rel(single, oracle, TOL_MODEL, "single process vs float64")
+    full_file = os.path.join(folder, "full.safetensors")
+    if rank == 0:
+        lowbit.save_quantized(model, full_file)
+    dist.barrier()
+
+    plan = ld.plan_from_hf(model) if plan_kind == "hf" else ld.megatron_plan()
+    ld.parallelize_(model, plan)
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, ld.ColumnParallelQuantLinear) and not attn.q_proj.gather_output
+    assert isinstance(attn.o_proj, ld.RowParallelQuantLinear)
+    assert isinstance(model.model.layers[1].mlp.down_proj, ld.RowParallelQuantLinear)
+    assert type(model.lm_head) is nn.Linear  # not in the plan: replicated, untouched
+    parallel = _logits(model, ids)
+    assert_close_rel(parallel, oracle, TOL_MODEL, f"{world}-rank parallel vs float64")
+
+    # per-rank files, loaded into fresh float models
+    ld.save_sharded(model, os.path.join(folder, "tp"))
+    assert os.path.isfile(os.path.join(folder, "tp", ld.checkpoint.rank_file(rank, world)))
+    again = ld.load_sharded(fresh(), os.path.join(folder, "tp"))
+    assert torch.equal(_logits(again, ids), parallel)
+
+    # the unsharded file, sharded at load
+    from_full = ld.load_sharded(fresh(), full_file, plan=plan)
+    assert torch.equal(_logits(from_full, ids), parallel)
+    dist.barrier()
+
+
+def _any_world_body(rank, world, folder, config, schemes):
+    """One unsharded file loads into groups of 1, 2 and 4 ranks carved out of the 4 ranks."""
+    import torch.distributed as dist
+
+    import lowbit
+    import lowbit.distributed as ld
+
+    model = _quantize_mixed(_tiny_llama(*config), schemes)
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(1))
+    oracle = _logits(_reference_copy(model), ids)
+    path = os.path.join(folder, "any.safetensors")
+    if rank == 0:
+        lowbit.save_quantized(model, path)
+    dist.barrier()
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group
+    singles = [dist.new_group([r]) for r in range(world)]
+    for sub in (singles[rank], pairs[rank // 2], None):
+        m = ld.load_sharded(_tiny_llama(*config), path, sub)
+        w = dist.get_world_size(sub)
+        assert m.model.layers[0].mlp.up_proj.world == w
+        assert_close_rel(_logits(m, ids), oracle, TOL_MODEL, f"unsharded file loaded on {w} ranks")
+
+
+def _bad_world_body(rank, world, folder, config):
+    import torch.distributed as dist
+
+    import lowbit
+    import lowbit.distributed as ld
+
+    model = lowbit.quantize_(_tiny_llama(*config), "int4", group_size=32)
+    try:
+        ld.parallelize_(model)
+    except ValueError as e:
+        with open(os.path.join(folder, f"raised-{rank}.txt"), "w") as f:
+            f.write(str(e))
+    assert all(type(m) is not ld.ColumnParallelQuantLinear for m in model.modules())  # model unchanged
+    dist.barrier()  # every rank got here: none is stuck in a collective
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+SMALL = (64, 4, 2, 128)  # hidden, heads, kv heads, intermediate: head_dim 16, fits 1 and 2 ranks
+WIDE = (128, 8, 4, 256)  # fits 1, 2 and 4 ranks (kv heads 4, row K/4 = 32 and 64)
+
+
+def test_layers_every_family_two_ranks():
+    run_ranks(_layers_body, 2, timeout=TIMEOUT_S)
+
+
+def test_llama_two_ranks(tmp_path):
+    schemes = {"q_proj": ("int4", {"group_size": 32}), "k_proj": ("int4", {"group_size": 32}),
+               "v_proj": ("int3", {"group_size": -1}), "o_proj": ("sq4", {"iters": 2}),
+               "gate_proj": ("nf4", {"group_size": 32}), "up_proj": ("nf4", {"group_size": 32}),
+               "down_proj": ("ternary", {})}
+    run_ranks(_llama_body, 2, timeout=TIMEOUT_S, folder=str(tmp_path), config=SMALL, schemes=schemes,
+              plan_kind="megatron")
+
+
+def test_llama_four_ranks(tmp_path):
+    schemes = {"q_proj": ("lut3", {"iters": 2}), "k_proj": ("lut3", {"iters": 2}), "v_proj": ("lut3", {"iters": 2}),
+               "o_proj": ("binary", {}), "gate_proj": ("ternary_a16", {}), "up_proj": ("ternary_a16", {}),
+               "down_proj": ("int2", {"group_size": 32})}
+    run_ranks(_llama_body, 4, timeout=TIMEOUT_S, folder=str(tmp_path), config=WIDE, schemes=schemes,
+              plan_kind="hf")
+
+
+def test_unsharded_file_loads_into_any_world_size(tmp_path):
+    schemes = {"_proj": ("int4", {"group_size": 32})}
+    run_ranks(_any_world_body, 4, timeout=TIMEOUT_S, folder=str(tmp_path), config=WIDE, schemes=schemes)
+
+
+def test_bad_world_size_raises_on_every_rank(tmp_path):
+    run_ranks(_bad_world_body, 3, timeout=TIMEOUT_S, folder=str(tmp_path), config=SMALL)
+    msgs = [(tmp_path / f"raised-{r}.txt").read_text() for r in range(3)]
+    assert len(set(msgs)) == 1
+    assert "tensor parallelism over 3 ranks does not fit layer" in msgs[0]
+    assert msgs[0].endswith("world sizes that work for every layer of this plan: 1, 2")
