@@ -23,6 +23,7 @@ float rounding of the partial sums (the price: fp32 activations instead of int8 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -55,6 +56,15 @@ class _ParallelMixin:
         from .. import linear
 
         return linear(x, qw, bias)
+
+    def __deepcopy__(self, memo):
+        """Copy the layer but share its process group (a group cannot be copied or pickled)."""
+        memo[id(self.group)] = self.group
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
     def _parallel_repr(self) -> str:
         return f", tp_rank={self.rank}, tp_world={self.world}, full_shape={list(self.full_shape)}"

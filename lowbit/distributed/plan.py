@@ -108,7 +108,10 @@ def resolve_plan(model: nn.Module, plan: Mapping[str, object]) -> dict[str, Laye
     entries = {p: _as_layer_plan(e) for p, e in plan.items()}
     chosen: dict[str, LayerPlan] = {}
     used = set()
-    for fqn, mod in model.named_modules():
+    names: dict[int, list[str]] = {}
+    for fqn, mod in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(mod), []).append(fqn)
+    for fqn, mod in model.named_modules(remove_duplicate=False):
         hits = [p for p in entries if fqn and _matches(fqn, p)]
         if not hits:
             continue
@@ -122,6 +125,9 @@ def resolve_plan(model: nn.Module, plan: Mapping[str, object]) -> dict[str, Laye
             hint = (" (call lowbit.quantize_(model, scheme) first)" if isinstance(mod, nn.Linear) else "")
             raise TypeError(f"plan entry {hits[0]!r} matches {fqn!r}, a {type(mod).__name__}; lowbit parallelizes "
                             f"QuantLinear layers only{hint}")
+        if len(names[id(mod)]) > 1:
+            raise ValueError(f"layer {fqn!r} is the same module as {[n for n in names[id(mod)] if n != fqn]}; "
+                             "tensor parallelism needs distinct layers (untie them first)")
         chosen[fqn] = styles.pop()
     unused = sorted(set(entries) - used)
     if unused:
@@ -190,17 +196,12 @@ def parallelize_(model: nn.Module, plan: Mapping[str, object] | None = None, gro
     layers = resolve_plan(model, megatron_plan() if plan is None else plan)
     check_plan(model, layers, world)
     new: dict[str, nn.Module] = {}
-    built: dict[int, nn.Module] = {}
     for fqn, lp in layers.items():
         layer = model.get_submodule(fqn)
-        if id(layer) in built:
-            raise ValueError(f"layer {fqn!r} is shared with another layer name; tensor parallelism needs "
-                             "distinct layers")
         if lp.style is Style.COLUMN:
-            built[id(layer)] = ColumnParallelQuantLinear.from_quant_linear(layer, group, gather_output=lp.gather_output)
+            new[fqn] = ColumnParallelQuantLinear.from_quant_linear(layer, group, gather_output=lp.gather_output)
         else:
-            built[id(layer)] = RowParallelQuantLinear.from_quant_linear(layer, group)
-        new[fqn] = built[id(layer)]
+            new[fqn] = RowParallelQuantLinear.from_quant_linear(layer, group)
     for fqn, layer in new.items():
         set_submodule(model, fqn, layer)
     return model

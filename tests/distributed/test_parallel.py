@@ -309,6 +309,10 @@ def test_world_of_one_matches_and_round_trips(world_of_one, tmp_path):
         fresh = nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 64))
         assert torch.equal(ld.load_sharded(fresh, tmp_path / "tp")(x), y)
     assert isinstance(fresh[0], ld.ColumnParallelQuantLinear) and isinstance(fresh[2], ld.RowParallelQuantLinear)
+    twin = copy.deepcopy(fresh)  # the process group is shared, the buffers are copied
+    assert twin[0].group is fresh[0].group and twin[0].qweight.data_ptr() != fresh[0].qweight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(twin(x), y)
     assert "tp_world=1" in repr(fresh[0]) and "full_shape=[128, 64]" in repr(fresh[0])
 
 
@@ -342,6 +346,17 @@ def test_parallelizing_twice_is_refused(world_of_one):
     m = ld.parallelize_(_mlp(), {"0": "colwise"})
     with pytest.raises(ValueError, match="already tensor-parallel"):
         ld.parallelize_(m, {"0": "colwise"})
+
+
+def test_shared_layers_are_refused(world_of_one):
+    import lowbit
+    import lowbit.distributed as ld
+
+    lin = lowbit.QuantLinear.from_linear(nn.Linear(64, 64), "int4", group_size=32)
+    m = nn.Sequential(lin, nn.SiLU(), lin)
+    with pytest.raises(ValueError, match=r"'0' is the same module as \['2'\]"):
+        ld.parallelize_(m, {"0": "colwise"})
+    assert m[0] is lin and m[2] is lin
 
 
 def test_layer_plan_rules():
