@@ -86,18 +86,19 @@ def _layers_body(rank, world):
     assert_close_rel(y, lowbit.reference.linear(x, lin.quantized_weight(), lin.bias, out_dtype=torch.float64),
                      3e-3, "ternary row-parallel fp16")
 
-    # torch.compile traces the functional collectives: one graph, same result as eager
-    torch._dynamo.reset()
-    torch.manual_seed(2)
-    mlp = nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 64))
-    lowbit.quantize_(mlp, "int4", group_size=32)
-    ld.parallelize_(mlp, {"0": "colwise", "2": "rowwise"})
-    assert isinstance(mlp[0], ld.ColumnParallelQuantLinear) and mlp[0].gather_output is False
-    x = torch.randn(4, 64)
-    with torch.no_grad():
-        eager = mlp(x)
-        compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")(x)
-    assert torch.equal(eager, compiled)
+    # torch.compile traces the functional collectives (the A8 absmax MAX too): one graph, eager's result
+    for scheme, opts in (("ternary", {}), ("int4", {"group_size": 32})):
+        torch._dynamo.reset()
+        torch.manual_seed(2)
+        mlp = nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 64))
+        lowbit.quantize_(mlp, scheme, **opts)
+        ld.parallelize_(mlp, {"0": "colwise", "2": "rowwise"})
+        assert isinstance(mlp[0], ld.ColumnParallelQuantLinear) and mlp[0].gather_output is False
+        x = torch.randn(4, 64)
+        with torch.no_grad():
+            eager = mlp(x)
+            compiled = torch.compile(mlp, fullgraph=True, backend="aot_eager")(x)
+        assert torch.equal(eager, compiled), scheme
 
     # the same split through torch's parallelize_module and a DeviceMesh, with lowbit's styles
     from torch.distributed.device_mesh import init_device_mesh
