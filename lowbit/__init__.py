@@ -32,4 +32,8 @@ def __getattr__(name):
         from . import nn
 
         return getattr(nn, name)
+    if name == "distributed":  # torch.distributed machinery, imported on first use
+        import importlib
+
+        return importlib.import_module(f"{__name__}.distributed")
     raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
