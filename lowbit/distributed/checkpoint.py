@@ -19,7 +19,6 @@ from torch import nn
 from ..formats import QuantizedWeight, Scheme, make_spec
 from ..nn import serialization as ser
 from ..nn.linear import Backend
-from ..nn.swap import set_submodule
 from . import collectives
 from .modules import ColumnParallelQuantLinear, RowParallelQuantLinear, _ParallelMixin
 from .plan import parallelize_
@@ -132,48 +131,22 @@ def _load_folder(model: nn.Module, folder: str, group, rank: int, world: int, ba
         raise ValueError(f"{folder} holds shards for {man.get('world')} ranks, but this group has {world}; "
                          "load an unsharded file (lowbit.save_quantized of the model before parallelize_) to "
                          "change the world size")
-    path = os.path.join(folder, rank_file(rank, world))
-    meta, stored = ser._read(path)
-    layers = ser._json(meta, "layers", path)
-    aliases = ser._json(meta, "aliases", path)
-    ser._check_tensors(ser._json(meta, "tensors", path), stored, path)
-    bad = {k: v for k, v in aliases.items() if v not in stored or k in stored}
-    if bad:
-        raise ValueError(f"{path}: bad tensor aliases {bad}")
-    tensors = dict(stored)
-    tensors.update({k: stored[v] for k, v in aliases.items()})
+    stored = ser.read_file(os.path.join(folder, rank_file(rank, world)))
     parallel = man["layers"]
-    lacking = sorted(set(parallel) - set(layers))
+    lacking = sorted(set(parallel) - set(stored.layers))
     if lacking:
-        raise ValueError(f"{path} lacks the parallel layers {lacking[:5]} that {MANIFEST} lists")
+        raise ValueError(f"{stored.path} lacks the parallel layers {lacking[:5]} that {MANIFEST} lists")
 
     new: dict[str, nn.Module] = {}
-    for fqn, rec in sorted(layers.items(), key=lambda kv: "shared_with" in kv[1]):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record")
+    for fqn, rec in sorted(stored.layers.items(), key=lambda kv: "shared_with" in kv[1]):
         if fqn in parallel:
-            new[fqn] = _build_parallel(fqn, rec, parallel[fqn], model, tensors, group, rank, world, backend, path)
+            new[fqn] = _build_parallel(fqn, rec, parallel[fqn], model, stored.tensors, group, rank, world, backend,
+                                       stored.path)
         elif rec.get("shared_with") in new:
             new[fqn] = new[rec["shared_with"]]
         else:
-            new[fqn] = ser._build_layer(fqn, rec, model, tensors, backend, path)
-
-    def in_layer(key: str) -> bool:
-        return key.rpartition(".")[0] in new
-
-    expected = {k: v for k, v in model.state_dict().items() if not in_layer(k)}
-    rest = {k: v for k, v in tensors.items() if not in_layer(k)}
-    if set(expected) != set(rest):
-        raise ValueError(f"{path} does not match the model: missing {sorted(set(expected) - set(rest))[:5]}, "
-                         f"unexpected {sorted(set(rest) - set(expected))[:5]}")
-    for k, v in rest.items():
-        if tuple(expected[k].shape) != tuple(v.shape):
-            raise ValueError(f"{path}: tensor {k!r} has shape {list(v.shape)}, the model expects "
-                             f"{list(expected[k].shape)}")
-    for fqn, layer in new.items():
-        set_submodule(model, fqn, layer)
-    model.load_state_dict(rest, strict=False)
-    return model
+            new[fqn] = ser.build_layer(stored, fqn, model, backend)
+    return ser.install(model, stored, new)
 
 
 def load_sharded(model: nn.Module, path: str | os.PathLike, group=None, *, plan=None,

@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 
 from ..formats import ActivationQuant, QuantizedWeight, Scheme, TernarySpec
-from ..nn.linear import Backend, QuantLinear, _unchecked
+from ..nn.linear import Backend, QuantLinear
 from . import collectives
 from .sharding import ShardDim, check_shardable, shard, shard_range
 
@@ -47,8 +47,8 @@ class _ParallelMixin:
         self.full_shape = tuple(int(d) for d in full_shape)
 
     def _local_linear(self, x: torch.Tensor, bias, scheme=None, spec=None) -> torch.Tensor:
-        qw = _unchecked(scheme or self.scheme, spec or self.spec, self.shape,
-                        {name: getattr(self, name) for name in self._tensor_names})
+        qw = QuantizedWeight.unchecked(scheme or self.scheme, spec or self.spec, self.shape,
+                                       {name: getattr(self, name) for name in self.tensor_names})
         if self.backend is Backend.REFERENCE:
             from .. import reference
 

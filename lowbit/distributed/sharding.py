@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..formats import QuantizedWeight, UniformSpec, NF4Spec, _tensor_rules
+from ..formats import NF4Spec, QuantizedWeight, UniformSpec
 from ..reference import pack_codes, unpack_codes
 
 _N_CHUNK = 4096  # output rows unpacked at a time by a column (K) split, to bound host memory
@@ -193,7 +193,7 @@ def shard(qw: QuantizedWeight, dim: ShardDim | int, rank: int, world: int) -> Qu
         return QuantizedWeight(qw.scheme, qw.spec, qw.shape, {k: _own(v) for k, v in qw.tensors.items()})
     n, k = qw.shape
     a, b = shard_range(qw.shape[dim], rank, world)
-    rules = _tensor_rules(qw.scheme, qw.spec)
+    rules = qw.spec.tensor_rules()
     out: dict[str, torch.Tensor] = {}
     if "row_ptr" in rules:
         out.update(_csr_rows(qw, a, b) if dim is ShardDim.OUTPUT else _csr_cols(qw, a, b))

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -210,17 +211,21 @@ def _build_layer(fqn: str, rec: dict, model: nn.Module, tensors: dict[str, torch
     return QuantLinear(qw, bias, backend=backend)
 
 
-def load_quantized(model: nn.Module, path: str | os.PathLike, *,
-                   backend: Backend | str = Backend.TRITON) -> nn.Module:
-    """Load a file from save_quantized into `model` (same architecture, float or already quantized).
+@dataclass
+class StoredModel:
+    """A verified file from save_quantized: its layer records and every tensor (aliases resolved)."""
 
-    Swaps a QuantLinear (with `backend`) in at every layer the file lists and loads every other
-    tensor of the state dict; returns the model. Raises ValueError for a damaged, edited,
-    foreign or mismatched file; the model is unchanged when it does.
+    path: str
+    layers: dict
+    tensors: dict
+
+
+def read_file(path: str | os.PathLike) -> StoredModel:
+    """Read a save_quantized file and verify its header, digest, tensor records and checksums.
+
+    Raises ValueError for a damaged, edited, foreign or other-version file. Used by load_quantized
+    and by lowbit.distributed (per-rank files).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"load_quantized needs an nn.Module, got {type(model).__name__}")
-    backend = Backend.parse(backend)
     path = os.fspath(path)
     meta, stored = _read(path)
     layers = _json(meta, "layers", path)
@@ -232,20 +237,30 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, *,
         raise ValueError(f"{path}: bad tensor aliases {bad_alias}")
     tensors = dict(stored)
     tensors.update({k: stored[v] for k, v in aliases.items()})
-
-    new: dict[str, QuantLinear] = {}
-    for fqn, rec in sorted(layers.items(), key=lambda kv: "shared_with" in kv[1]):
+    for fqn, rec in layers.items():
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record")
-        owner = rec.get("shared_with")
-        new[fqn] = new[owner] if owner in new else _build_layer(fqn, rec, model, tensors, backend, path)
+    return StoredModel(path, layers, tensors)
 
-    # The rest of the state dict: same keys and shapes as the model, checked before any change.
+
+def build_layer(stored: StoredModel, fqn: str, model: nn.Module, backend: Backend) -> QuantLinear:
+    """The QuantLinear of one layer record, checked against the file and the model's layer at `fqn`."""
+    return _build_layer(fqn, stored.layers[fqn], model, stored.tensors, backend, stored.path)
+
+
+def install(model: nn.Module, stored: StoredModel, new: dict[str, nn.Module]) -> nn.Module:
+    """Swap the built layers `new` into `model` and load every other tensor of the file.
+
+    Every check (the remaining tensors' names and shapes against the model's state dict) runs
+    before the first change, so a mismatched file leaves the model unchanged.
+    """
+    path = stored.path
+
     def in_layer(key: str) -> bool:
         return key.rpartition(".")[0] in new
 
     expected = {k: v for k, v in model.state_dict().items() if not in_layer(k)}
-    rest = {k: v for k, v in tensors.items() if not in_layer(k)}
+    rest = {k: v for k, v in stored.tensors.items() if not in_layer(k)}
     if set(expected) != set(rest):
         lacking, extra = sorted(set(expected) - set(rest)), sorted(set(rest) - set(expected))
         raise ValueError(f"{path} does not match the model's architecture: tensors missing from the file "
@@ -255,8 +270,26 @@ def load_quantized(model: nn.Module, path: str | os.PathLike, *,
         if isinstance(expected[k], torch.Tensor) and tuple(expected[k].shape) != tuple(v.shape):
             raise ValueError(f"{path}: tensor {k!r} has shape {list(v.shape)} but the model expects "
                              f"{list(expected[k].shape)}")
-
     for fqn, layer in new.items():
         set_submodule(model, fqn, layer)
     model.load_state_dict(rest, strict=False)
     return model
+
+
+def load_quantized(model: nn.Module, path: str | os.PathLike, *,
+                   backend: Backend | str = Backend.TRITON) -> nn.Module:
+    """Load a file from save_quantized into `model` (same architecture, float or already quantized).
+
+    Swaps a QuantLinear (with `backend`) in at every layer the file lists and loads every other
+    tensor of the state dict; returns the model. Raises ValueError for a damaged, edited,
+    foreign or mismatched file; the model is unchanged when it does.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_quantized needs an nn.Module, got {type(model).__name__}")
+    backend = Backend.parse(backend)
+    stored = read_file(path)
+    new: dict[str, QuantLinear] = {}
+    for fqn, rec in sorted(stored.layers.items(), key=lambda kv: "shared_with" in kv[1]):
+        owner = rec.get("shared_with")
+        new[fqn] = new[owner] if owner in new else build_layer(stored, fqn, model, backend)
+    return install(model, stored, new)

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import assert_close_rel
+from helpers import assert_close
 from ranks import run_ranks
 
 TOL_LAYER = 1e-4
@@ -61,21 +61,21 @@ def _layers_body(rank, world):
             ref_up = lowbit.reference.linear(x.double(), up.quantized_weight(), up.bias.double())
             col = ld.ColumnParallelQuantLinear.from_quant_linear(up, gather_output=True)
             assert col.out_features == 128 // world and col.full_shape == (128, 64)
-            assert_close_rel(col(x), ref_up, TOL_LAYER, f"{scheme} column-parallel M={m}")
+            assert_close(f"{scheme} column-parallel M={m}", ref_up, col(x), TOL_LAYER)
 
             h = torch.relu(ref_up).float()
             ref_down = lowbit.reference.linear(h.double(), down.quantized_weight(), down.bias.double())
             row = ld.RowParallelQuantLinear.from_quant_linear(down)
             assert row.in_features == 128 // world
-            assert_close_rel(row(h), ref_down, TOL_LAYER, f"{scheme} row-parallel, full x, M={m}")
+            assert_close(f"{scheme} row-parallel, full x, M={m}", ref_down, row(h), TOL_LAYER)
             k0, k1 = row.k_start, row.k_stop
-            assert_close_rel(row(h[:, k0:k1]), ref_down, TOL_LAYER, f"{scheme} row-parallel, local x, M={m}")
+            assert_close(f"{scheme} row-parallel, local x, M={m}", ref_down, row(h[:, k0:k1]), TOL_LAYER)
 
             # column (output left sharded) -> row: the Megatron MLP, no gather in between
             col_s = ld.ColumnParallelQuantLinear.from_quant_linear(up, gather_output=False)
             y = row(torch.relu(col_s(x)))
             ref = lowbit.reference.linear(torch.relu(ref_up), down.quantized_weight(), down.bias.double())
-            assert_close_rel(y, ref, TOL_LAYER, f"{scheme} column->row M={m}")
+            assert_close(f"{scheme} column->row M={m}", ref, y, TOL_LAYER)
 
     # fp16 activations through a row-parallel A8 layer: one fp16 rounding of each partial sum
     torch.manual_seed(1)
@@ -83,8 +83,7 @@ def _layers_body(rank, world):
     x = torch.randn(5, 64).half()
     y = ld.RowParallelQuantLinear.from_quant_linear(lin)(x)
     assert y.dtype == torch.float16
-    assert_close_rel(y, lowbit.reference.linear(x, lin.quantized_weight(), lin.bias, out_dtype=torch.float64),
-                     3e-3, "ternary row-parallel fp16")
+    assert_close("ternary row-parallel fp16", lowbit.reference.linear(x, lin.quantized_weight(), lin.bias, out_dtype=torch.float64), y, 3e-3)
 
     # torch.compile traces the functional collectives (the A8 absmax MAX too): one graph, eager's result
     for scheme, opts in (("ternary", {}), ("int4", {"group_size": 32})):
@@ -155,7 +154,7 @@ def _llama_body(rank, world, folder, config, schemes, plan_kind):
     ids = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(0))
     single = _logits(model, ids)
     oracle = _logits(_reference_copy(model), ids.clone())
-    assert_close_rel(single, oracle, TOL_MODEL, "single process vs float64")
+    assert_close("single process vs float64", oracle, single, TOL_MODEL)
     full_file = os.path.join(folder, "full.safetensors")
     if rank == 0:
         lowbit.save_quantized(model, full_file)
@@ -169,7 +168,7 @@ def _llama_body(rank, world, folder, config, schemes, plan_kind):
     assert isinstance(model.model.layers[1].mlp.down_proj, ld.RowParallelQuantLinear)
     assert type(model.lm_head) is nn.Linear  # not in the plan: replicated, untouched
     parallel = _logits(model, ids)
-    assert_close_rel(parallel, oracle, TOL_MODEL, f"{world}-rank parallel vs float64")
+    assert_close(f"{world}-rank parallel vs float64", oracle, parallel, TOL_MODEL)
 
     # per-rank files, loaded into fresh float models
     ld.save_sharded(model, os.path.join(folder, "tp"))
@@ -195,7 +194,7 @@ def _pairs_body(rank, world, folder, config, schemes):
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group
     m = ld.load_sharded(_tiny_llama(*config), os.path.join(folder, "full.safetensors"), pairs[rank // 2])
     assert m.model.layers[0].mlp.up_proj.world == 2 and m.model.layers[0].mlp.up_proj.rank == rank % 2
-    assert_close_rel(_logits(m, ids), oracle, TOL_MODEL, "unsharded file loaded on 2 of 4 ranks")
+    assert_close("unsharded file loaded on 2 of 4 ranks", oracle, _logits(m, ids), TOL_MODEL)
 
 
 def _bad_world_body(rank, world, folder, config):
