@@ -383,6 +383,8 @@ class QuantizedWeight:
 
     def _validate_csr(self) -> None:
         rp, ci = self.tensors["row_ptr"], self.tensors["col_idx"]
+        if rp.device.type == "meta":
+            return  # shapes and dtypes are checked; values do not exist yet (a model built before loading)
         nnz = ci.numel()
         rp_c = rp.detach().to("cpu", torch.int64)
         if rp_c[0].item() != 0 or rp_c[-1].item() != nnz:
