@@ -39,12 +39,10 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
 
 from .formats import QuantizedWeight, Scheme, make_spec
 from .nn.linear import Backend, QuantLinear, is_conv1d, is_float_linear, linear_shape
+from .nn.manifest import CONFIG_FORMAT_VERSION, DTYPES, QUANT_METHOD, check_manifest, layer_manifest
 from .nn.swap import _matches, group_conflict, quantize_, set_submodule
 
-QUANT_METHOD = "lowbit"
-CONFIG_FORMAT_VERSION = 1
 _OPTION_TYPES = {"group_size": int, "symmetric": bool, "per_channel": bool, "outlier_fraction": float, "iters": int}
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int32": torch.int32}
 
 __all__ = ["LowbitConfig", "LowbitHfQuantizer", "layer_manifest", "QUANT_METHOD"]
 
@@ -94,39 +92,7 @@ class LowbitConfig(QuantizationConfigMixin):
             raise TypeError(f"skip_incompatible must be a bool, got {type(skip_incompatible).__name__}")
         self.skip_incompatible = skip_incompatible
         self.backend = Backend.parse(backend).value
-        self.layers = None if layers is None else _check_manifest(layers)
-
-
-def _check_manifest(layers: Any) -> dict:
-    """Validate the structure of a manifest read from config.json (ValueError naming the bad entry)."""
-    if not isinstance(layers, dict):
-        raise ValueError(f"lowbit config 'layers' must be a JSON object, got {type(layers).__name__}")
-    for fqn, rec in layers.items():
-        try:
-            scheme = Scheme.parse(rec["scheme"])
-            make_spec(scheme, **rec["options"])
-            n, k = (int(d) for d in rec["shape"])
-            for name, (dtype, shape) in rec["tensors"].items():
-                if dtype not in _DTYPES or not all(isinstance(d, int) for d in shape):
-                    raise ValueError(f"tensor {name!r}: bad dtype/shape {dtype!r} {shape!r}")
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"lowbit config: layer {fqn!r} has a bad manifest entry: {type(e).__name__}: {e}") from None
-    return layers
-
-
-def layer_manifest(model: nn.Module) -> dict:
-    """{layer name: scheme, options, [N, K], {tensor: [dtype, shape]}} for every QuantLinear of `model`."""
-    out = {}
-    for fqn, m in model.named_modules():
-        if isinstance(m, QuantLinear):
-            out[fqn] = manifest_entry(m.quantized_weight())
-    return out
-
-
-def manifest_entry(qw: QuantizedWeight) -> dict:
-    """The manifest record of one quantized weight."""
-    return {"scheme": qw.scheme.value, "options": qw.options(), "shape": list(qw.shape),
-            "tensors": {name: [str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in qw.tensors.items()}}
+        self.layers = None if layers is None else check_manifest(layers)
 
 
 def _meta_layer(fqn: str, rec: dict, module: nn.Module, backend: Backend) -> QuantLinear:
@@ -138,7 +104,7 @@ def _meta_layer(fqn: str, rec: dict, module: nn.Module, backend: Backend) -> Qua
     if linear_shape(module) != shape:
         raise ValueError(f"lowbit checkpoint: layer {fqn!r} has [N, K] = {list(shape)} in the checkpoint but "
                          f"{list(linear_shape(module))} in the model")
-    tensors = {name: torch.empty(tuple(s), dtype=_DTYPES[d], device="meta") for name, (d, s) in rec["tensors"].items()}
+    tensors = {name: torch.empty(tuple(s), dtype=DTYPES[d], device="meta") for name, (d, s) in rec["tensors"].items()}
     scheme = Scheme.parse(rec["scheme"])
     try:
         qw = QuantizedWeight(scheme, make_spec(scheme, **rec["options"]), shape, tensors)
