@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
 from .formats import QuantizedWeight, Scheme, make_spec
 from .nn.linear import Backend, QuantLinear, is_conv1d, is_float_linear, linear_shape
 from .nn.manifest import CONFIG_FORMAT_VERSION, DTYPES, QUANT_METHOD, check_manifest, layer_manifest
-from .nn.swap import _matches, group_conflict, quantize_, set_submodule
+from .nn.swap import group_conflict, quantize_, set_submodule, skip_matches
 
 _OPTION_TYPES = {"group_size": int, "symmetric": bool, "per_channel": bool, "outlier_fraction": float, "iters": int}
 
@@ -196,7 +196,7 @@ class LowbitHfQuantizer(HfQuantizer):
         skip = self._skip_names(model)
         chosen = set()
         for fqn, mod in model.named_modules():
-            if not fqn or not is_float_linear(mod) or any(_matches(fqn, s) for s in skip):
+            if not fqn or not is_float_linear(mod) or any(skip_matches(fqn, s) for s in skip):
                 continue
             k = linear_shape(mod)[1]
             gs = group_conflict(spec, k)

@@ -20,7 +20,7 @@ from .linear import Backend, QuantLinear, is_float_linear, linear_shape
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def _matches(fqn: str, pattern: str) -> bool:
+def skip_matches(fqn: str, pattern: str) -> bool:
     """A skip entry names a layer by its full name, its last components, or a parent module."""
     return fqn == pattern or fqn.endswith("." + pattern) or fqn.startswith(pattern + ".")
 
@@ -92,7 +92,7 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     chosen: list[str] = []
     incompatible: list[str] = []
     for fqn, mod in layers.items():
-        if isinstance(mod, QuantLinear) or any(_matches(fqn, s) for s in skip):
+        if isinstance(mod, QuantLinear) or any(skip_matches(fqn, s) for s in skip):
             continue
         if filter_fn is not None and not filter_fn(mod, fqn):
             continue

@@ -79,7 +79,7 @@ def dequantized_float_model(model, quantized):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_quantize_causal_lm_matches_dequantized_and_reference(family):
+def test_quantize_causal_lm_matches_dequantized_and_reference(family, device):
     import copy
 
     model = tiny(family)
@@ -91,20 +91,22 @@ def test_quantize_causal_lm_matches_dequantized_and_reference(family):
         assert sum(is_conv1d(m) for m in before.values()) == 4 * 2  # c_attn, c_proj, c_fc, mlp.c_proj per block
     assert not isinstance(qmodel.lm_head, QuantLinear)
 
-    ids = torch.randint(2, VOCAB, (2, 9))
+    ids = torch.randint(2, VOCAB, (2, 9), device=device)
     with torch.no_grad():
+        ref_model = dequantized_float_model(model, qmodel).to(device)
+        qmodel = qmodel.to(device)
         y_kernel = qmodel(ids).logits
         set_backend(qmodel, "reference")
         y_ref = qmodel(ids).logits
-        y_deq = dequantized_float_model(model, qmodel)(ids).logits
+        y_deq = ref_model(ids).logits
     assert_close_rel(y_kernel, y_ref, TOL_MODEL, f"{family} triton vs reference")
     assert_close_rel(y_ref, y_deq, TOL_MODEL, f"{family} quantized vs float model with dequantized weights")
 
 
 @pytest.mark.parametrize("family", [pytest.param("llama", id="llama"), pytest.param("gpt2", id="gpt2")])
-def test_generate_under_kernels(family):
-    model = lowbit.quantize_(tiny(family), "int4", group_size=32)
-    prompt = torch.randint(2, VOCAB, (1, 5))
+def test_generate_under_kernels(family, device):
+    model = lowbit.quantize_(tiny(family), "int4", group_size=32).to(device)
+    prompt = torch.randint(2, VOCAB, (1, 5), device=device)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         out_kernel = model.generate(prompt, **kw)
@@ -126,7 +128,7 @@ def test_gpt2_tied_embeddings_stay_tied():
     pytest.param("nf4", {"group_size": 64}, id="nf4"),
     pytest.param("ternary", {}, id="ternary"),
 ])
-def test_conv1d_layer_schemes(scheme, opts):
+def test_conv1d_layer_schemes(scheme, opts, device):
     """One Conv1D (rectangular 64 -> 192, as GPT-2's c_attn) per scheme: the QuantLinear is the transposed weight."""
     from transformers.pytorch_utils import Conv1D
 
@@ -138,8 +140,10 @@ def test_conv1d_layer_schemes(scheme, opts):
     expect = lowbit.quantize_weight(conv.weight.t().contiguous(), scheme, **opts)
     for name, t in expect.tensors.items():
         assert torch.equal(getattr(q, name), t), name
-    x = torch.randn(3, 64)
-    assert_close_rel(q(x), lowbit.reference.linear(x, expect, conv.bias), 1e-4, scheme)
+    q = q.to(device)
+    x = torch.randn(3, 64, device=device)
+    ref = lowbit.reference.linear(x.cpu(), expect, conv.bias.detach(), out_dtype=torch.float64)
+    assert_close_rel(q(x), ref, 1e-4, scheme)
 
 
 def test_conv1d_group_size_conflict_names_layer():
@@ -154,7 +158,7 @@ def test_conv1d_group_size_conflict_names_layer():
     assert swapped == ["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"]
 
 
-def test_gpt2_save_load_round_trip(tmp_path):
+def test_gpt2_save_load_round_trip(tmp_path, device):
     pytest.importorskip("safetensors")
     model = lowbit.quantize_(tiny("gpt2"), "int4", group_size=32)
     path = tmp_path / "gpt2.safetensors"
@@ -167,6 +171,6 @@ def test_gpt2_save_load_round_trip(tmp_path):
             assert isinstance(b[name], QuantLinear)
             for t in m._tensor_names:
                 assert torch.equal(getattr(m, t), getattr(b[name], t))
-    ids = torch.randint(2, VOCAB, (1, 6))
+    ids = torch.randint(2, VOCAB, (1, 6), device=device)
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, fresh(ids).logits)
+        assert torch.equal(model.to(device)(ids).logits, fresh.to(device)(ids).logits)

@@ -68,7 +68,7 @@ def test_import_lowbit_does_not_import_transformers():
 
 
 @pytest.mark.parametrize("float_dir", FAMILIES, indirect=True)
-def test_from_pretrained_quantizes_while_loading(float_dir, monkeypatch):
+def test_from_pretrained_quantizes_while_loading(float_dir, monkeypatch, device):
     model, path = float_dir
     calls = []
     orig = hf.LowbitHfQuantizer.quantize_layer
@@ -92,13 +92,13 @@ def test_from_pretrained_quantizes_while_loading(float_dir, monkeypatch):
     assert not isinstance(q.lm_head, QuantLinear)
     if q.config.tie_word_embeddings:
         assert q.lm_head.weight is q.get_input_embeddings().weight
-    ids = torch.randint(2, VOCAB, (2, 7))
+    ids = torch.randint(2, VOCAB, (2, 7), device=device)
     with torch.no_grad():
-        assert_close_rel(q(ids).logits, expect(ids).logits, 1e-5, "from_pretrained vs quantize_")
+        assert_close_rel(q.to(device)(ids).logits, expect.to(device)(ids).logits, 1e-5, "from_pretrained vs quantize_")
 
 
 @pytest.mark.parametrize("float_dir", FAMILIES, indirect=True)
-def test_save_pretrained_round_trip_is_exact(float_dir, tmp_path, monkeypatch):
+def test_save_pretrained_round_trip_is_exact(float_dir, tmp_path, monkeypatch, device):
     _, path = float_dir
     q = load(path, quantization_config=hf.LowbitConfig("int4", group_size=32))
     out = tmp_path / "quantized"
@@ -119,9 +119,9 @@ def test_save_pretrained_round_trip_is_exact(float_dir, tmp_path, monkeypatch):
     assert set(sq) == set(sr)
     for k in sq:
         assert sq[k].dtype == sr[k].dtype and torch.equal(sq[k], sr[k]), k
-    ids = torch.randint(2, VOCAB, (1, 6))
+    ids = torch.randint(2, VOCAB, (1, 6), device=device)
     with torch.no_grad():
-        assert torch.equal(q(ids).logits, r(ids).logits)
+        assert torch.equal(q.to(device)(ids).logits, r.to(device)(ids).logits)
     # and once more: the reloaded model saves the same checkpoint
     out2 = tmp_path / "again"
     r.save_pretrained(out2)

@@ -111,7 +111,7 @@ def build_awq(path, gs=32):
 
 
 def build_compressed_tensors(path, bits=4, gs=32, symmetric=False):
-    ct = pytest.importorskip("compressed_tensors")  # noqa: F841
+    pytest.importorskip("compressed_tensors")
     from compressed_tensors.compressors.pack_quantized import PackedQuantizationCompressor, unpack_from_int32
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from compressed_tensors.quantization.utils import calculate_qparams
@@ -183,7 +183,7 @@ def load(path):
     return transformers.AutoModelForCausalLM.from_pretrained(path).eval()
 
 
-def check_converted(src_model, expected, dst, exact=True, tol=0.0, dtype=torch.float64):
+def check_converted(src_model, expected, dst, device, exact=True, tol=0.0, dtype=torch.float64):
     """`expected` holds the format's dequantized weights (float64); exact: lowbit's equal them."""
     model = load(dst)
     q = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
@@ -204,7 +204,8 @@ def check_converted(src_model, expected, dst, exact=True, tol=0.0, dtype=torch.f
     with torch.no_grad():
         for name, w in expected.items():
             ref.get_submodule(name).weight.copy_(w.float())
-        ids = torch.randint(2, VOCAB, (2, 7))
+        model, ref = model.to(device), ref.to(device)
+        ids = torch.randint(2, VOCAB, (2, 7), device=device)
         y = model(ids).logits
         for m in q.values():
             m.backend = "reference"
@@ -215,51 +216,51 @@ def check_converted(src_model, expected, dst, exact=True, tol=0.0, dtype=torch.f
 
 @pytest.mark.parametrize("bits,fmt", [pytest.param(4, "gptq", id="int4-v1"), pytest.param(3, "gptq", id="int3-v1"),
                                       pytest.param(8, "gptq_v2", id="int8-v2"), pytest.param(2, "gptq", id="int2-v1")])
-def test_gptq_checkpoint(tmp_path, bits, fmt):
+def test_gptq_checkpoint(tmp_path, bits, fmt, device):
     src, dst = tmp_path / "src", tmp_path / "dst"
     model, expected = build_gptq(src, bits=bits, fmt=fmt)
     report = convert_checkpoint(src, dst, "gptq")
     assert len(report.layers) == 14 and not report.refused
     assert all(r.target.startswith(f"int{bits} group_size=32") for r in report.layers)
     assert (dst / "tokenizer_config.json").is_file() and not (dst / "quantize_config.json").exists()
-    q, ref, ids, y = check_converted(model, expected, dst)
+    q, ref, ids, y = check_converted(model, expected, dst, device)
     with torch.no_grad():
         assert_close_rel(y, ref(ids).logits, TOL_MODEL, "converted vs float model with GPTQ's weights")
 
 
-def test_awq_checkpoint(tmp_path):
+def test_awq_checkpoint(tmp_path, device):
     src, dst = tmp_path / "src", tmp_path / "dst"
     model, expected = build_awq(src)
     convert_checkpoint(src, dst, "awq")
-    q, ref, ids, y = check_converted(model, expected, dst)
+    q, ref, ids, y = check_converted(model, expected, dst, device)
     with torch.no_grad():
         assert_close_rel(y, ref(ids).logits, TOL_MODEL, "converted vs float model with AWQ's weights")
 
 
-def test_compressed_tensors_checkpoint(tmp_path):
+def test_compressed_tensors_checkpoint(tmp_path, device):
     src, dst = tmp_path / "src", tmp_path / "dst"
     model, expected = build_compressed_tensors(src)
     convert_checkpoint(src, dst, "compressed-tensors")
     # expected: the exact (q - zp) * scale from compressed-tensors' own unpacker (its decompress is that, rounded
     # once to bf16, checked in build_compressed_tensors)
-    q, ref, ids, y = check_converted(model, expected, dst)
+    q, ref, ids, y = check_converted(model, expected, dst, device)
     with torch.no_grad():
         assert_close_rel(y, ref(ids).logits, TOL_MODEL, "converted vs float model with compressed-tensors' weights")
 
 
-def test_hqq_checkpoint(tmp_path):
+def test_hqq_checkpoint(tmp_path, device):
     src, dst = tmp_path / "src", tmp_path / "dst"
     model, expected = build_hqq(src)
     convert_checkpoint(src, dst, "hqq")
     # HQQ's dequantize rounds (q - zero) and the product to fp16: 2 ulp of fp16 relative to max|W|
-    q, ref, ids, y = check_converted(model, expected, dst, exact=False, tol=2.0 ** -10)
+    q, ref, ids, y = check_converted(model, expected, dst, device, exact=False, tol=2.0 ** -10)
     with torch.no_grad():
         assert_close_rel(y, ref(ids).logits, TOL_MODEL, "converted vs float model with HQQ's weights")
 
 
 @pytest.mark.parametrize("linear_class", [pytest.param("bitlinear", id="bitlinear"),
                                           pytest.param("autobitlinear", id="autobitlinear")])
-def test_bitnet_checkpoint(tmp_path, linear_class):
+def test_bitnet_checkpoint(tmp_path, linear_class, device):
     src, dst = tmp_path / "src", tmp_path / "dst"
     model, expected = build_bitnet(src, linear_class)
     convert_checkpoint(src, dst, "bitnet")
@@ -269,7 +270,8 @@ def test_bitnet_checkpoint(tmp_path, linear_class):
     for name, w in expected.items():
         assert layers[name].scheme.value == "ternary"
         assert torch.equal(lowbit.dequantize(layers[name].quantized_weight(), torch.float64), w), name
-    ids = torch.randint(2, VOCAB, (1, 5))
+    q = q.to(device)
+    ids = torch.randint(2, VOCAB, (1, 5), device=device)
     with torch.no_grad():
         y = q(ids).logits
         for m in layers.values():
@@ -346,3 +348,23 @@ def test_cli_subprocess(tmp_path):
            "symmetric=False" in r.stdout
     cfg = json.loads((dst / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "lowbit" and len(cfg["layers"]) == 14
+
+
+def test_sharded_source(tmp_path, device):
+    """A source split over two safetensors shards with model.safetensors.index.json."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    model, expected = build_gptq(src)
+    sd = safetensors_torch.load_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    keys = sorted(sd)
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"model-0000{i + 1}-of-00002.safetensors"
+        safetensors_torch.save_file({k: sd[k] for k in part}, src / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    report = convert_checkpoint(src, dst, "gptq")
+    assert len(report.layers) == 14 and not report.refused
+    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                    "tokenizer_config.json"]
+    check_converted(model, expected, dst, device)

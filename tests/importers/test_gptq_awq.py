@@ -14,10 +14,8 @@ import lowbit
 from lowbit.formats import Scheme
 from lowbit.importers import GPTQZeros, Refused, from_awq, from_gptq
 
-from helpers import assert_close_rel
+from kernel_check import check_kernel
 from packers import awq_pack, gptq_pack_qweight, gptq_pack_qzeros
-
-TOL_LAYER = 1e-4  # fp32 kernels vs the float64 oracle (see tests/test_nn.py)
 
 
 def gptq_case(n, k, bits, group, seed=0, zero_range=None):
@@ -38,11 +36,10 @@ def gptq_rule(codes, zeros, scales, gs, dtype=torch.float64):
     return (scales[gi].t().to(dtype) * diff.to(dtype)).to(dtype)
 
 
-def check_layer(qw, expect64, expect16, k):
+def check_layer(qw, expect64, expect16, device):
     assert torch.equal(lowbit.dequantize(qw, torch.float64), expect64)
     assert torch.equal(lowbit.dequantize(qw, torch.float16), expect16)
-    x = torch.randn(3, k)
-    assert_close_rel(lowbit.linear(x, qw), lowbit.reference.linear(x, qw, out_dtype=torch.float64), TOL_LAYER)
+    check_kernel(qw, device)
 
 
 @pytest.mark.parametrize("bits,group", [
@@ -51,7 +48,7 @@ def check_layer(qw, expect64, expect16, k):
     pytest.param(8, 64, id="int8-g64"),
 ])
 @pytest.mark.parametrize("fmt", [pytest.param(GPTQZeros.V1, id="v1"), pytest.param(GPTQZeros.V2, id="v2")])
-def test_gptq_exact(bits, group, fmt):
+def test_gptq_exact(bits, group, fmt, device):
     n, k = 64, 256
     codes, zeros, scales = gptq_case(n, k, bits, group, zero_range=(1, 2 ** bits) if fmt is GPTQZeros.V1 else None)
     fields = zeros - 1 if fmt is GPTQZeros.V1 else zeros
@@ -61,7 +58,7 @@ def test_gptq_exact(bits, group, fmt):
                    bits=bits, group_size=group, zeros_format=fmt)
     assert qw.scheme is Scheme(f"int{bits}") and qw.shape == (n, k)
     assert qw.spec.group_size == group and qw["scales"].dtype == torch.float16
-    check_layer(qw, gptq_rule(codes, zeros, scales, gs), gptq_rule(codes, zeros, scales, gs, torch.float16), k)
+    check_layer(qw, gptq_rule(codes, zeros, scales, gs), gptq_rule(codes, zeros, scales, gs, torch.float16), device)
 
 
 def test_gptq_symmetric_zeros_become_lowbit_symmetric():
@@ -160,7 +157,7 @@ def test_awq_known_word():
 
 @pytest.mark.parametrize("group", [pytest.param(32, id="g32"), pytest.param(128, id="g128"),
                                    pytest.param(-1, id="perchan")])
-def test_awq_exact(group):
+def test_awq_exact(group, device):
     n, k = 48, 256
     g = torch.Generator().manual_seed(3)
     gs = k if group == -1 else group
@@ -169,7 +166,7 @@ def test_awq_exact(group):
     scales = (torch.rand(k // gs, n, generator=g) * 0.02 + 0.001).to(torch.float16)
     qw = from_awq(awq_pack(codes.t()), awq_pack(zeros), scales, group_size=group)
     assert qw.scheme is Scheme.INT4 and qw.shape == (n, k) and qw.spec.group_size == group
-    check_layer(qw, gptq_rule(codes, zeros, scales, gs), gptq_rule(codes, zeros, scales, gs, torch.float16), k)
+    check_layer(qw, gptq_rule(codes, zeros, scales, gs), gptq_rule(codes, zeros, scales, gs, torch.float16), device)
 
 
 def test_awq_bad_input():

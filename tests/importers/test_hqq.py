@@ -17,12 +17,11 @@ import lowbit
 from lowbit.importers import Refused, from_hqq, from_hqq_state
 from lowbit.reference import unpack_codes
 
-from helpers import assert_close_rel
+from kernel_check import check_kernel
 
 hqq_quantize = pytest.importorskip("hqq.core.quantize")
 HQQLinear, BaseQuantizeConfig = hqq_quantize.HQQLinear, hqq_quantize.BaseQuantizeConfig
 
-TOL_LAYER = 1e-4
 MANTISSA = {torch.float16: 11, torch.bfloat16: 8}
 
 
@@ -56,7 +55,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("nbits,group,dtype", CASES)
-def test_real_hqq_layer(nbits, group, dtype):
+def test_real_hqq_layer(nbits, group, dtype, device):
     n, k = 48, 256
     h = hqq_layer(n, k, nbits, group, dtype)
     qw = from_hqq_state(h.state_dict())
@@ -70,8 +69,7 @@ def test_real_hqq_layer(nbits, group, dtype):
     exact = lowbit.dequantize(qw, torch.float64)
     bound = 2.0 ** (1 - MANTISSA[dtype]) * float(((q - z).abs() * s.abs()).max())
     assert float((exact - peer.to(torch.float64)).abs().max()) <= bound
-    x = torch.randn(3, k)
-    assert_close_rel(lowbit.linear(x, qw), lowbit.reference.linear(x, qw, out_dtype=torch.float64), TOL_LAYER)
+    check_kernel(qw, device)
 
 
 def test_view_as_float_and_direct_call():
