@@ -1,6 +1,7 @@
-"""Command line: python -m lowbit {demo, sweep, tune, check}.
+"""Command line: python -m lowbit {demo, sweep, tune, check, import}.
 
-Each subcommand lives in lowbit/cli/<name>.py with ``add_arguments(parser)`` and ``run(args) -> int``.
+Each subcommand lives in lowbit/cli/<name>.py (``import`` in import_.py, a keyword) with
+``add_arguments(parser)`` and ``run(args) -> int``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ COMMANDS = {
     "sweep": "time the kernels against F.linear fp16 over shapes x batch sizes x schemes",
     "tune": "autotune kernel configs on this GPU and write the cache",
     "check": "compile every kernel x config for sm_80/sm_90 without a GPU and gate on spills/shared memory",
+    "import": "convert a GPTQ/AWQ/compressed-tensors/HQQ/BitNet checkpoint directory to a lowbit one",
 }
+MODULES = {"import": "import_"}  # subcommands whose module name differs (Python keywords)
 
 
 def main(argv=None) -> int:
@@ -22,10 +25,11 @@ def main(argv=None) -> int:
     modules = {}
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        module = f"lowbit.cli.{MODULES.get(name, name)}"
         try:
-            modules[name] = importlib.import_module(f"lowbit.cli.{name}")
+            modules[name] = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != f"lowbit.cli.{name}":
+            if e.name != module:
                 raise
             continue
         modules[name].add_arguments(p)

@@ -32,6 +32,37 @@ class Backend(str, enum.Enum):
             raise ValueError(f"unknown backend {value!r}; expected 'triton' or 'reference'") from None
 
 
+# Where transformers defines GPT-2's Conv1D (y = x @ W + b with W stored [in, out]); matched by name so
+# that lowbit never imports transformers.
+_CONV1D_HOMES = frozenset({"transformers.pytorch_utils", "transformers.modeling_utils"})
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for exactly transformers' ``Conv1D`` (GPT-2 style), recognised without importing transformers."""
+    t = type(module)
+    return t.__name__ == "Conv1D" and t.__module__ in _CONV1D_HOMES
+
+
+def is_float_linear(module: nn.Module) -> bool:
+    """A float layer quantize_ can swap: exactly ``nn.Linear`` (not a subclass) or transformers' ``Conv1D``."""
+    return type(module) is nn.Linear or is_conv1d(module)
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The [N, K] = [out, in] weight of an nn.Linear, or the transposed [in, out] weight of a Conv1D (a view)."""
+    if type(module) is nn.Linear:
+        return module.weight
+    if is_conv1d(module):
+        return module.weight.t()
+    raise TypeError(f"expected an nn.Linear or transformers Conv1D, got {type(module).__name__}")
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of an nn.Linear or Conv1D."""
+    n, k = linear_weight(module).shape
+    return int(n), int(k)
+
+
 def _load_families() -> None:
     """Import the kernel families now: a forward traced by torch.compile must find them loaded."""
     from .. import kernels
@@ -71,14 +102,18 @@ class QuantLinear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: Scheme | str, *,
+    def from_linear(cls, linear: nn.Module, scheme: Scheme | str, *,
                     backend: Backend | str = Backend.TRITON, **options) -> "QuantLinear":
-        """Quantize `linear`'s weight with `scheme` and options (group_size, symmetric, ...); keeps its bias."""
+        """Quantize `linear`'s weight with `scheme` and options (group_size, symmetric, ...); keeps its bias.
+
+        `linear` is an nn.Linear or a transformers ``Conv1D`` (GPT-2), whose [in, out] weight is
+        transposed first: both become y = x . W^T + b with W [out, in].
+        """
         from ..reference import quantize_weight
 
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        qw = quantize_weight(linear.weight, scheme, **options)
+        if not (isinstance(linear, nn.Linear) or is_conv1d(linear)):
+            raise TypeError(f"from_linear needs an nn.Linear or transformers Conv1D, got {type(linear).__name__}")
+        qw = quantize_weight(linear_weight(linear).contiguous(), scheme, **options)
         return cls(qw, linear.bias, backend=backend)
 
     @property

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..formats import QuantizedWeight, Scheme, make_spec
-from .linear import Backend, QuantLinear
+from .linear import Backend, QuantLinear, is_conv1d, linear_shape
 from .swap import set_submodule
 
 FORMAT_NAME = "lowbit.quantized"
@@ -188,10 +188,11 @@ def _build_layer(fqn: str, rec: dict, model: nn.Module, tensors: dict[str, torch
                              f"{current.shape}, but the file has {scheme.value} {rec['options']} {shape}")
         device = current.qweight.device
         model_bias = current.bias is not None
-    elif isinstance(current, nn.Linear):
-        if (current.out_features, current.in_features) != shape:
-            raise ValueError(f"layer {fqn!r}: the file has shape [N, K] = {list(shape)} but the model's nn.Linear "
-                             f"has out_features={current.out_features}, in_features={current.in_features}")
+    elif isinstance(current, nn.Linear) or is_conv1d(current):
+        n, k = linear_shape(current) if is_conv1d(current) else (current.out_features, current.in_features)
+        if (n, k) != shape:
+            raise ValueError(f"layer {fqn!r}: the file has shape [N, K] = {list(shape)} but the model's "
+                             f"{'Conv1D' if is_conv1d(current) else 'nn.Linear'} has out_features={n}, in_features={k}")
         device = current.weight.device
         model_bias = current.bias is not None
     else:

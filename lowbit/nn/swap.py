@@ -1,9 +1,10 @@
-"""quantize_: swap a model's nn.Linear layers for QuantLinear in place.
+"""quantize_: swap a model's nn.Linear (and GPT-2 Conv1D) layers for QuantLinear in place.
 
-Rules (documented in :func:`quantize_`): only modules whose type is exactly ``nn.Linear`` are
-candidates; existing QuantLinear layers are never re-quantized (a second call is a no-op for
-them, so several calls can give different parts of a model different schemes); every layer is
-checked and quantized before any is swapped, so an error leaves the model untouched.
+Rules (documented in :func:`quantize_`): only modules whose type is exactly ``nn.Linear``, or
+transformers' ``Conv1D``, are candidates; existing QuantLinear layers are never re-quantized (a
+second call is a no-op for them, so several calls can give different parts of a model different
+schemes); every layer is checked and quantized before any is swapped, so an error leaves the
+model untouched.
 """
 from __future__ import annotations
 
@@ -14,21 +15,21 @@ import torch
 from torch import nn
 
 from ..formats import NF4Spec, Scheme, UniformSpec, make_spec
-from .linear import Backend, QuantLinear
+from .linear import Backend, QuantLinear, is_float_linear, linear_shape
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def _matches(fqn: str, pattern: str) -> bool:
+def skip_matches(fqn: str, pattern: str) -> bool:
     """A skip entry names a layer by its full name, its last components, or a parent module."""
     return fqn == pattern or fqn.endswith("." + pattern) or fqn.startswith(pattern + ".")
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every nn.Linear / QuantLinear by qualified name, shared modules listed at each of their names."""
+    """Every nn.Linear / Conv1D / QuantLinear by qualified name, shared modules listed at each of their names."""
     out = {}
     for fqn, mod in model.named_modules(remove_duplicate=False):
-        if fqn and (type(mod) is nn.Linear or isinstance(mod, QuantLinear)):
+        if fqn and (is_float_linear(mod) or isinstance(mod, QuantLinear)):
             out[fqn] = mod
     return out
 
@@ -54,7 +55,9 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     """Replace the model's nn.Linear layers with QuantLinear(scheme, **options) in place; returns `model`.
 
     - Candidates are modules whose type is exactly ``nn.Linear`` (subclasses such as
-      MultiheadAttention's out_proj, whose ``.weight`` is read directly, are left alone).
+      MultiheadAttention's out_proj, whose ``.weight`` is read directly, are left alone) and
+      transformers' GPT-2 ``Conv1D`` (weight stored [in, out]; recognised by class name and
+      module, so lowbit does not import transformers).
     - ``skip``: names of layers to keep in float; an entry matches a layer's full name, its
       trailing components (``"lm_head"`` matches ``"model.lm_head"``) or a parent module
       (``"encoder.layer.0"``). The default keeps ``lm_head`` (often tied to the embeddings).
@@ -89,14 +92,15 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     chosen: list[str] = []
     incompatible: list[str] = []
     for fqn, mod in layers.items():
-        if isinstance(mod, QuantLinear) or any(_matches(fqn, s) for s in skip):
+        if isinstance(mod, QuantLinear) or any(skip_matches(fqn, s) for s in skip):
             continue
         if filter_fn is not None and not filter_fn(mod, fqn):
             continue
-        gs = group_conflict(spec, mod.in_features)
+        in_features = linear_shape(mod)[1]
+        gs = group_conflict(spec, in_features)
         if gs is not None:
             if not skip_incompatible:
-                raise ValueError(f"layer {fqn!r} has in_features={mod.in_features}, which is not divisible by "
+                raise ValueError(f"layer {fqn!r} has in_features={in_features}, which is not divisible by "
                                  f"group_size={gs}; choose another group_size (or -1), skip the layer, "
                                  "or pass skip_incompatible=True to keep such layers in float")
             incompatible.append(fqn)
