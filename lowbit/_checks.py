@@ -21,14 +21,23 @@ def check_weight(w) -> None:
         raise ValueError(f"weight must be 2-D [N, K] (out_features, in_features), got rank {w.dim()} shape {tuple(w.shape)}")
     if w.numel() == 0:
         raise ValueError(f"weight is empty, shape {tuple(w.shape)}")
+    if w.device.type == "meta":
+        raise ValueError("weight is on the meta device (it has no values to quantize); load or materialise the "
+                         "model's weights first, e.g. from_pretrained without device_map='meta' or .to_empty() + a "
+                         "state dict")
     if not bool(torch.isfinite(w).all()):
         raise ValueError("weight contains NaN or Inf")
 
 
 def check_linear_args(x, qw, bias, allow_fp64: bool = False) -> None:
-    """x [..., K] float on qw's device, bias [N] or None: the F.linear contract for a QuantizedWeight."""
+    """x [..., K] float on qw's device, bias [N] or None: the F.linear contract for a QuantizedWeight.
+
+    The weight's layout is re-checked too (QuantizedWeight.check_layout: cheap, no value reads), because
+    its tensors dict can be edited after construction. Zero rows (M = 0) are allowed, as in F.linear.
+    """
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"weight must be a lowbit.QuantizedWeight, got {type(qw).__name__}")
+    qw.check_layout()
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     allowed = ACTIVATION_DTYPES + ((torch.float64,) if allow_fp64 else ())
@@ -38,8 +47,6 @@ def check_linear_args(x, qw, bias, allow_fp64: bool = False) -> None:
         raise ValueError("x must have at least one dimension [..., K]")
     if x.shape[-1] != qw.K:
         raise ValueError(f"x.shape[-1]={x.shape[-1]} does not match the weight's K={qw.K}")
-    if x.numel() == 0:
-        raise ValueError(f"x is empty, shape {tuple(x.shape)}")
     if x.device != qw.device:
         raise ValueError(f"x is on {x.device} but the weight is on {qw.device}; move one with .to()")
     if bias is not None:

@@ -162,37 +162,64 @@ def _entry_key(e: dict) -> CacheKey:
     return k
 
 
-def read_entries(path: Path) -> list[dict]:
-    """The entries of a cache file; [] when it does not exist. Raises ValueError when it is corrupt."""
+def _entry_problem(e) -> str | None:
+    """Why one cache entry cannot be used (None when it can): missing or mistyped key fields, a bad config."""
+    if not isinstance(e, dict):
+        return "not an object"
+    try:
+        _entry_key(e)
+        KernelConfig.from_dict(e["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def read_file(path: Path) -> tuple[list[dict], list[str]]:
+    """(valid entries, one line per rejected entry) of a cache file; ([], []) when it does not exist.
+
+    Raises ValueError when the file as a whole is not a lowbit autotune file (bad JSON, too deeply
+    nested to parse, wrong format); single bad entries are rejected, the rest kept.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        return []
+        return [], []
     try:
         doc = json.loads(text)
     except ValueError as e:
         raise ValueError(f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
     if not isinstance(doc, dict) or doc.get("lowbit_autotune") != FORMAT or not isinstance(doc.get("entries"), list):
         raise ValueError(f"not a lowbit autotune file (format {FORMAT})")
+    good, rejected = [], []
     for i, e in enumerate(doc["entries"]):
-        if not isinstance(e, dict):
-            raise ValueError(f"entry {i} is not an object")
-        try:
-            _entry_key(e)
-            KernelConfig.from_dict(e["config"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"entry {i} is malformed ({type(err).__name__}: {err})") from None
-    return doc["entries"]
+        problem = _entry_problem(e)
+        if problem:
+            rejected.append(f"entry {i}: {problem}"[:300])
+        else:
+            good.append(e)
+    return good, rejected
+
+
+def read_entries(path: Path) -> list[dict]:
+    """The valid entries of a cache file ([] when it does not exist); ValueError when the file is corrupt."""
+    return read_file(path)[0]
 
 
 def load_configs(path: Path, gpu: GpuInfo) -> dict[CacheKey, KernelConfig]:
-    """The configs in `path` tuned on `gpu` with its triton version; warns (once) about corrupt or foreign files."""
+    """The configs in `path` tuned on `gpu` with its triton version; warns (once) about corrupt or foreign files
+    and about invalid entries, which are skipped (their keys fall back to the heuristic)."""
     try:
-        entries = read_entries(path)
+        entries, rejected = read_file(path)
     except (OSError, ValueError) as e:
         _warn_once(("corrupt", str(path)), f"lowbit: ignoring autotune cache {path}: {e}; "
                                            "falling back to heuristic configs")
         return {}
+    if rejected:
+        _warn_once(("rejected", str(path)), f"lowbit: ignoring {len(rejected)} invalid entr"
+                   f"{'y' if len(rejected) == 1 else 'ies'} of autotune cache {path} ({rejected[0]}"
+                   f"{'; ...' if len(rejected) > 1 else ''}); their keys use heuristic configs")
     out, foreign = {}, set()
     for e in entries:
         if (e["gpu"], e["cc"], e["triton"]) == (gpu.name, gpu.cc, gpu.triton):

@@ -24,7 +24,7 @@ from typing import Mapping
 from torch import nn
 
 from ..nn.linear import QuantLinear
-from ..nn.swap import set_submodule
+from ..nn.swap import swap_modules
 from . import collectives
 from .modules import ColumnParallelQuantLinear, RowParallelQuantLinear, _ParallelMixin
 from .sharding import ShardDim, describe_sizes, split_unit, valid_world_sizes
@@ -202,6 +202,5 @@ def parallelize_(model: nn.Module, plan: Mapping[str, object] | None = None, gro
             new[fqn] = ColumnParallelQuantLinear.from_quant_linear(layer, group, gather_output=lp.gather_output)
         else:
             new[fqn] = RowParallelQuantLinear.from_quant_linear(layer, group)
-    for fqn, layer in new.items():
-        set_submodule(model, fqn, layer)
+    swap_modules(model, new)
     return model

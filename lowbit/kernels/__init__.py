@@ -15,8 +15,8 @@ import torch
 
 from .._checks import check_linear_args
 from ..formats import QuantizedWeight, Scheme
-from .base import (AotCase, KernelConfig, KernelFamily, KernelPath, check_runtime, flatten_rows, interpreting,
-                   on_interpreter, operands)
+from .base import (AotCase, KernelConfig, KernelFamily, KernelPath, LaunchPlan, check_runtime, flatten_rows,
+                   interpreting, launch_guard, on_interpreter, operands)
 
 _FAMILY_PACKAGES = ("uniform", "lut", "sign")
 
@@ -60,13 +60,17 @@ def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = Non
     check_linear_args(x, qw, bias)
     check_runtime(x)
     fam = family_for(qw.scheme)
-    x2d = flatten_rows(x)
+    path = KernelPath.parse(path)
     m = math.prod(x.shape[:-1])
-    path = KernelPath.parse(path) or fam.choose_path(m)
+    if m == 0:  # no rows: F.linear returns an empty [..., N] output
+        return x.new_empty((*x.shape[:-1], qw.N))
+    x2d = flatten_rows(x)
+    path = path or fam.choose_path(m)
     cfg = (choose_config or _default_chooser)(fam, x, path, m, qw)
-    y = fam.forward(x2d, qw, None if bias is None else bias.contiguous(), path, cfg)
+    with launch_guard(x):
+        y = fam.forward(x2d, qw, None if bias is None else bias.contiguous(), path, cfg)
     return y.reshape(*x.shape[:-1], qw.N)
 
 
-__all__ = ["linear", "families", "family_for", "KernelConfig", "KernelFamily", "KernelPath", "AotCase",
-           "ConfigChooser", "interpreting", "on_interpreter", "operands"]
+__all__ = ["linear", "families", "family_for", "KernelConfig", "KernelFamily", "KernelPath", "AotCase", "LaunchPlan",
+           "ConfigChooser", "interpreting", "launch_guard", "on_interpreter", "operands"]

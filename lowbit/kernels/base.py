@@ -9,9 +9,11 @@ This module imports torch only, never triton, so the registry can be imported ch
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import enum
 import os
+import threading
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -92,13 +94,37 @@ class KernelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelConfig":
+        """A config from a dict of its fields (e.g. a cache file entry), rejecting anything that is not one.
+
+        Every field must be an int (not a bool, float or string) within KernelConfig.LIMITS, and the
+        tile sizes, warps and group_m powers of two; families check their own rules on top.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(d, dict) or set(d) - names:
             raise ValueError(f"not a KernelConfig: {d!r}")
-        vals = {k: int(v) for k, v in d.items()}
-        if any(v <= 0 for v in vals.values()):
-            raise ValueError(f"KernelConfig fields must be positive: {d!r}")
-        return cls(**vals)
+        for k, v in d.items():
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"KernelConfig field {k}={v!r} must be an int")
+        cfg = cls(**d)
+        problem = cfg.structural_problem()
+        if problem:
+            raise ValueError(f"not a valid KernelConfig ({problem}): {d!r}")
+        return cfg
+
+    # (low, high, power of two) per field: what any family could launch
+    LIMITS = {"block_m": (1, 1024, True), "block_n": (1, 1024, True), "block_k": (1, 4096, True),
+              "split_k": (1, 256, False), "group_m": (1, 64, False), "num_warps": (1, 32, True),
+              "num_stages": (1, 8, False)}
+
+    def structural_problem(self) -> str | None:
+        """Why no family could launch this config (None when it is within KernelConfig.LIMITS)."""
+        for name, (lo, hi, pow2) in self.LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                return f"{name}={v!r} is not an int in [{lo}, {hi}]"
+            if pow2 and v & (v - 1):
+                return f"{name}={v} is not a power of two"
+        return None
 
     def label(self) -> str:
         return (f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}"
@@ -106,15 +132,11 @@ class KernelConfig:
 
 
 def common_config_problem(path: KernelPath, cfg: KernelConfig) -> str | None:
-    """Rules every family shares: positive fields, power-of-two tiles, tl.dot's 16 minimum on the GEMM path."""
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            return f"{f.name}={v!r} must be a positive int"
-    for name in ("block_m", "block_n", "block_k"):
-        v = getattr(cfg, name)
-        if v & (v - 1):
-            return f"{name}={v} is not a power of two"
+    """Rules every family shares: KernelConfig.LIMITS (ints, ranges, powers of two) and tl.dot's 16 minimum
+    on the GEMM path."""
+    problem = cfg.structural_problem()
+    if problem:
+        return problem
     if path is KernelPath.GEMM and min(cfg.block_m, cfg.block_n, cfg.block_k) < 16:
         return "GEMM tiles need block_m, block_n, block_k >= 16 (tl.dot)"
     return None
@@ -227,13 +249,24 @@ def check_out(out, x2d: torch.Tensor, n: int) -> None:
 
 
 def operands(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
-    """The weight's tensors as the kernels read them: layout re-checked (cheap, no sync), contiguous.
+    """The weight's tensors as the kernels read them (contiguous).
 
-    QuantizedWeight validated everything when it was built, but its ``tensors`` dict can be
-    edited afterwards, and a wrong shape would make a kernel read out of bounds.
+    Callers check the layout first (check_linear_args runs QuantizedWeight.check_layout on every call),
+    because the tensors dict can be edited after construction and a wrong shape would make a kernel
+    read out of bounds.
     """
-    qw.check_layout()
     return {name: t.contiguous() for name, t in qw.tensors.items()}
+
+
+# The Triton interpreter keeps global state (the current program's grid, patched builtins), so two
+# threads interpreting kernels at once corrupt each other. Launches on the interpreter take this lock;
+# GPU launches never do.
+INTERPRETER_LOCK = threading.RLock()
+
+
+def launch_guard(x: torch.Tensor):
+    """A context that serialises kernel launches when `x` runs on the interpreter (a no-op on a GPU)."""
+    return INTERPRETER_LOCK if on_interpreter(x) else contextlib.nullcontext()
 
 
 class KernelFamily(abc.ABC):
@@ -292,9 +325,12 @@ class KernelFamily(abc.ABC):
             raise ValueError(f"config {config.label()} cannot run {qw.scheme.value} on the {path.value} path: "
                              f"{problem}")
         check_out(out, x2d, qw.N)
+        if x2d.shape[0] == 0:
+            return out
         if x2d.stride(1) != 1:
             x2d = x2d.contiguous()
-        return self.run(x2d, qw, None if bias is None else bias.contiguous(), path, config, out)
+        with launch_guard(x2d):
+            return self.run(x2d, qw, None if bias is None else bias.contiguous(), path, config, out)
 
     # -- configs (delegated to the family's configs module) -----------------------------------
     # The module holds search_space(path, qw, dtype), heuristic(path, m, qw, dtype) and

@@ -3,14 +3,22 @@
 The file holds the model's whole state dict (packed tensors of every QuantLinear plus the
 float tensors of the other modules; tied tensors are stored once). Its string metadata has:
 
-- ``format`` = "lowbit.quantized" and ``format_version`` = "1";
+- ``format`` = "lowbit.quantized" and ``format_version`` = "2";
 - ``layers``: JSON {layer name: {scheme, options, shape [N, K], bias, tensors, shared_with}};
-- ``tensors``: JSON {key: {sha256, dtype, shape}} for every stored tensor;
+- ``tensors``: JSON {key: {sha256, dtype, shape}} for every stored tensor; the sha256 covers the
+  tensor's dtype and shape as well as its bytes (version 1 hashed the bytes only);
 - ``aliases``: JSON {key: stored key} for tensors that share storage (tied weights);
-- ``digest``: sha256 of the other metadata entries, so an edited header is detected.
+- ``digest``: sha256 of the other metadata entries.
 
-Loading checks all of it, then builds every QuantLinear before swapping any, so a bad file
-raises ValueError and leaves the model unchanged.
+Loading checks all of it, then checks every quantized tensor's name, dtype and shape against what
+its scheme and [N, K] require (QuantizedWeight), and every other tensor's shape against the model,
+builds every QuantLinear before swapping any, and swaps all or nothing: a bad file raises
+ValueError and leaves the model unchanged.
+
+What the checksums protect against: accidental damage (a truncated download, flipped bits, a header
+that no longer matches its data, a tensor re-declared with another dtype or shape). What they do not:
+a deliberate edit, since anyone can recompute every hash and the digest. The loader never executes
+anything from a file (no pickle), but a crafted file can still hold wrong weights.
 """
 from __future__ import annotations
 
@@ -25,10 +33,11 @@ from torch import nn
 
 from ..formats import QuantizedWeight, Scheme, make_spec
 from .linear import Backend, QuantLinear, is_conv1d, linear_shape
-from .swap import set_submodule
+from .swap import swap_modules
 
 FORMAT_NAME = "lowbit.quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # older files are read and converted
 _HINT = "pip install safetensors (or: pip install 'lowbit[io]')"
 
 
@@ -42,10 +51,17 @@ def _safetensors():
     return safetensors
 
 
-def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 of a tensor's raw bytes in row-major order."""
-    b = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-    return hashlib.sha256(memoryview(b)).hexdigest()
+def tensor_sha256(t: torch.Tensor, version: int = None) -> str:
+    """sha256 of a tensor's dtype, shape and raw bytes in row-major order (version 1: the bytes only).
+
+    Binding dtype and shape into the hash catches a header that re-declares a tensor (e.g. fp16
+    scales read as bf16: same bytes, other values) even when the metadata digest was recomputed.
+    """
+    h = hashlib.sha256()
+    if (version or FORMAT_VERSION) >= 2:
+        h.update(f"{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+    h.update(memoryview(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def metadata_digest(meta: dict[str, str]) -> str:
@@ -134,9 +150,11 @@ def _check_header(meta: dict[str, str], path: str) -> None:
         raise ValueError(f"{path} is not a lowbit quantized file (metadata 'format' is {meta.get('format')!r}, "
                          f"expected {FORMAT_NAME!r}); write one with lowbit.save_quantized")
     version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise ValueError(f"{path} has lowbit format version {version!r}, but this lowbit reads version "
-                         f"{FORMAT_VERSION} only (written by lowbit {meta.get('lowbit_version', '?')})")
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        raise ValueError(f"{path} has lowbit format version {version!r}, but this lowbit reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} (written by lowbit "
+                         f"{meta.get('lowbit_version', '?')}); re-save it with the lowbit that wrote it, or "
+                         "re-quantize")
     if meta.get("digest") != metadata_digest(meta):
         raise ValueError(f"{path}: metadata digest mismatch: the file's metadata was edited or corrupted")
 
@@ -151,7 +169,7 @@ def _json(meta: dict[str, str], key: str, path: str) -> dict:
     return value
 
 
-def _check_tensors(records: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
+def _check_tensors(records: dict, tensors: dict[str, torch.Tensor], path: str, version: int) -> None:
     if set(records) != set(tensors):
         raise ValueError(f"{path}: the stored tensors {sorted(set(tensors) ^ set(records))[:5]} do not match "
                          "the metadata's tensor list (file edited?)")
@@ -162,7 +180,7 @@ def _check_tensors(records: dict, tensors: dict[str, torch.Tensor], path: str) -
         if rec.get("dtype") != str(t.dtype).removeprefix("torch.") or rec.get("shape") != list(t.shape):
             raise ValueError(f"{path}: tensor {key!r} is {str(t.dtype)} {list(t.shape)} but the metadata says "
                              f"{rec.get('dtype')} {rec.get('shape')} (file edited?)")
-        if rec.get("sha256") != tensor_sha256(t):
+        if rec.get("sha256") != tensor_sha256(t, version):
             raise ValueError(f"{path}: tensor {key!r} fails its sha256 check: the file is corrupted or was edited")
 
 
@@ -219,6 +237,7 @@ class StoredModel:
     path: str
     layers: dict
     tensors: dict
+    version: int  # the file's format version (older ones are converted as they are read)
 
 
 def read_file(path: str | os.PathLike) -> StoredModel:
@@ -232,7 +251,8 @@ def read_file(path: str | os.PathLike) -> StoredModel:
     layers = _json(meta, "layers", path)
     records = _json(meta, "tensors", path)
     aliases = _json(meta, "aliases", path)
-    _check_tensors(records, stored, path)
+    version = int(meta["format_version"])
+    _check_tensors(records, stored, path, version)
     bad_alias = {k: v for k, v in aliases.items() if v not in stored or k in stored}
     if bad_alias:
         raise ValueError(f"{path}: bad tensor aliases {bad_alias}")
@@ -241,7 +261,7 @@ def read_file(path: str | os.PathLike) -> StoredModel:
     for fqn, rec in layers.items():
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record")
-    return StoredModel(path, layers, tensors)
+    return StoredModel(path, layers, tensors, version)
 
 
 def build_layer(stored: StoredModel, fqn: str, model: nn.Module, backend: Backend) -> QuantLinear:
@@ -271,9 +291,13 @@ def install(model: nn.Module, stored: StoredModel, new: dict[str, nn.Module]) ->
         if isinstance(expected[k], torch.Tensor) and tuple(expected[k].shape) != tuple(v.shape):
             raise ValueError(f"{path}: tensor {k!r} has shape {list(v.shape)} but the model expects "
                              f"{list(expected[k].shape)}")
-    for fqn, layer in new.items():
-        set_submodule(model, fqn, layer)
-    model.load_state_dict(rest, strict=False)
+    before = {fqn: model.get_submodule(fqn) for fqn in new}
+    swap_modules(model, new)
+    try:
+        model.load_state_dict(rest, strict=False)
+    except BaseException:
+        swap_modules(model, before)  # the state dict did not load: put the old layers back
+        raise
     return model
 
 

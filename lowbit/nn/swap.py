@@ -34,6 +34,25 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
+def swap_modules(model: nn.Module, new: dict[str, nn.Module]) -> None:
+    """Put every module of `new` ({dotted name: module}) into `model`, all or nothing.
+
+    If any assignment fails (a parent whose __setattr__ refuses, a name that no longer exists),
+    the ones already made are undone in reverse order before the error propagates, so the model
+    is never left half swapped.
+    """
+    done: list[tuple[str, nn.Module]] = []
+    try:
+        for fqn, module in new.items():
+            old = model.get_submodule(fqn)
+            set_submodule(model, fqn, module)
+            done.append((fqn, old))
+    except BaseException:
+        for fqn, old in reversed(done):
+            set_submodule(model, fqn, old)
+        raise
+
+
 def set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
     """Replace the submodule at dotted name `fqn` (works inside nn.Sequential/ModuleList too)."""
     parent_name, _, child = fqn.rpartition(".")
@@ -71,7 +90,12 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     - Options (``group_size``, ``symmetric``, ``outlier_fraction``, ``per_channel``, ``iters``)
       are those of :func:`lowbit.quantize_weight`. ``backend`` is passed to every QuantLinear.
 
-    All checks and quantization happen before the first swap: on error the model is unchanged.
+    - A layer shared under several names (tied weights) is quantized once, as one QuantLinear at
+      every name, when all its names are selected; when only some are (e.g. one name is the skipped
+      ``lm_head``), it stays in float everywhere and a warning names its paths, so a tie never breaks.
+
+    All checks and quantization happen before the first swap, and the swap itself is all or
+    nothing: on any error the model is unchanged.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_ needs an nn.Module, got {type(model).__name__}")
@@ -106,6 +130,7 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
             incompatible.append(fqn)
             continue
         chosen.append(fqn)
+    chosen, split_ties = _keep_ties(layers, chosen)
     if sensitivity is not None:
         unknown = sorted(set(sensitivity) - set(chosen))
         if unknown:
@@ -124,9 +149,12 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
             new_by_id[id(mod)] = QuantLinear.from_linear(mod, scheme, backend=backend, **opts)
         except (ValueError, TypeError) as e:
             raise type(e)(f"layer {fqn!r}: {e}") from e
-    for fqn in chosen:
-        set_submodule(model, fqn, new_by_id[id(layers[fqn])])
+    swap_modules(model, {fqn: new_by_id[id(layers[fqn])] for fqn in chosen})
 
+    for names in split_ties:
+        warnings.warn(f"quantize_: kept the layer shared as {names} in float: only some of its names were "
+                      "selected (skip, filter_fn or group size), and quantizing one name would break the tie",
+                      stacklevel=2)
     if incompatible:
         warnings.warn(f"quantize_: kept {len(incompatible)} layer(s) in float because in_features is not "
                       f"divisible by group_size: {incompatible}", stacklevel=2)
@@ -134,3 +162,15 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
         warnings.warn(f"quantize_ swapped no layers: {len(already)} layer(s) are already QuantLinear and are "
                       "left unchanged", stacklevel=2)
     return model
+
+
+def _keep_ties(layers: dict[str, nn.Module], chosen: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Drop from `chosen` the names of shared modules not chosen under every name; returns (kept, dropped ties)."""
+    names_of: dict[int, list[str]] = {}
+    for fqn, mod in layers.items():
+        names_of.setdefault(id(mod), []).append(fqn)
+    picked = set(chosen)
+    split = [names for names in names_of.values()
+             if len(names) > 1 and any(n in picked for n in names) and not all(n in picked for n in names)]
+    dropped = {n for names in split for n in names}
+    return [f for f in chosen if f not in dropped], split

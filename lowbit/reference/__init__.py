@@ -42,6 +42,7 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch
     """The [N, K] weight the stored codes and metadata represent."""
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"dequantize needs a lowbit.QuantizedWeight, got {type(qw).__name__}")
+    qw.check_layout()
     return _module(qw.scheme).dequantize(qw, dtype)
 
 

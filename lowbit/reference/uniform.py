@@ -13,13 +13,24 @@ from ..formats import UniformSpec
 from .packing import pack_codes, unpack_codes
 
 FP16_MAX = 65504.0
-FP16_TINY = 2.0 ** -14  # smallest normal fp16; smaller scales are clamped up to it
+FP16_TINY = 2.0 ** -14  # smallest normal fp16
+FP32_TINY = 2.0 ** -126  # smallest normal fp32: the scale of an all-zero group in fp32 storage
 
 
 def _store_scale(s: torch.Tensor) -> torch.Tensor:
-    """Round scales to fp16 upwards, so the stored grid still covers the group's range."""
+    """The stored scales: fp16 rounded upwards (so the grid still covers each group's range) when every
+    nonzero group's scale is a normal fp16 number, else fp32 for the whole weight.
+
+    fp16 cannot hold scales below 2^-14 without losing precision (subnormals) or clamping them up,
+    which would lose small weights (std 1e-5 weights came back with a relative error of 0.99), so
+    such weights keep exact fp32 scales and cost 16 more bits per group. All-zero groups have s = 0;
+    they get the smallest normal scale of the storage type (their codes are then the zero point).
+    """
     if bool((s > FP16_MAX / 2).any()):
         raise ValueError("weights are too large for fp16 scales (|w| beyond ~3e4 per step)")
+    live = s > 0
+    if bool((s[live] < FP16_TINY).any()):
+        return s.clamp(min=FP32_TINY).to(torch.float32)
     s = s.clamp(min=FP16_TINY)
     s16 = s.to(torch.float16)
     low = s16.float() < s
@@ -36,19 +47,19 @@ def quantize(w: torch.Tensor, spec: UniformSpec) -> dict[str, torch.Tensor]:
     if spec.symmetric:
         amax = wg.abs().amax(dim=-1)
         denom = 1.0 if spec.bits == 1 else float(2 ** (spec.bits - 1) - 1)
-        s16 = _store_scale(amax / denom)
+        s_st = _store_scale(amax / denom)
         z = torch.full_like(amax, spec.symmetric_zero)
     else:
         lo = wg.amin(dim=-1).clamp(max=0.0)
         hi = wg.amax(dim=-1).clamp(min=0.0)
-        s16 = _store_scale((hi - lo) / qmax)
-        z = torch.round(-lo / s16.float()).clamp(0, qmax)
-    s = s16.float()
+        s_st = _store_scale((hi - lo) / qmax)
+        z = torch.round(-lo / s_st.float()).clamp(0, qmax)
+    s = s_st.float()
     q = torch.round(wg / s.unsqueeze(-1) + z.unsqueeze(-1)).clamp(0, qmax)
     if spec.symmetric and spec.bits == 1:
         q = (wg >= 0).float()  # 1-bit symmetric: sign, codes 0 -> -s/2, 1 -> +s/2
     out = {"qweight": pack_codes(q.reshape(n, k).to(torch.int64), spec.bits),
-           "scales": s16.t().contiguous()}
+           "scales": s_st.t().contiguous()}
     if not spec.symmetric:
         out["zeros"] = z.to(torch.float16).t().contiguous()
     return out

@@ -80,8 +80,9 @@ def test_entries_are_loaded_once(monkeypatch):
         assert cache.lookup("uniform", qw, GEMV, 1, torch.float16) == CFG_A
 
 
-@pytest.mark.parametrize("raw", ["{not json", "[]", '{"lowbit_autotune": 1, "entries": [{"gpu": 1}]}',
-                                 '{"lowbit_autotune": 99, "entries": []}', ""])
+@pytest.mark.parametrize("raw", ["{not json", "[]", '{"lowbit_autotune": 99, "entries": []}', "",
+                                 "[" * 100_000 + "]" * 100_000],  # nested too deeply for the json parser
+                         ids=["not-json", "a-list", "other-format", "empty", "deeply-nested"])
 def test_corrupt_file_warns_once_and_falls_back(raw):
     qw = FakeCudaWeight(small_qw())
     _write(cache.user_path(GPU), None, raw=raw)
@@ -95,17 +96,42 @@ def test_corrupt_file_warns_once_and_falls_back(raw):
     assert sum("ignoring autotune cache" in m for m in msgs) == 1, msgs
 
 
-def test_bad_config_in_entry_is_corrupt():
-    qw = FakeCudaWeight(small_qw())
-    entry = cache.make_entry(GPU, key_of(qw), CFG_A)
-    entry["config"]["block_k"] = -64
-    _write(cache.user_path(GPU), None, raw=json.dumps({"lowbit_autotune": 1, "gpu": GPU.name, "entries": [entry]}))
+@pytest.mark.parametrize("field,value", [
+    pytest.param("block_k", -64, id="negative"), pytest.param("block_m", 3, id="not-pow2"),
+    pytest.param("block_n", 2 ** 40, id="huge"), pytest.param("block_k", 16.9, id="float"),
+    pytest.param("block_k", "32", id="string"), pytest.param("num_warps", True, id="bool"),
+    pytest.param("num_stages", 0, id="zero"), pytest.param("split_k", None, id="null")])
+def test_an_invalid_entry_is_skipped_with_one_warning(field, value):
+    """A bad config in one entry: that key falls back to the heuristic, every valid entry is still used."""
+    bad_qw, good_qw = FakeCudaWeight(small_qw()), FakeCudaWeight(small_qw(n=48))
+    bad = cache.make_entry(GPU, key_of(bad_qw), CFG_A)
+    bad["config"][field] = value
+    good = cache.make_entry(GPU, key_of(good_qw), CFG_B)
+    _write(cache.user_path(GPU), None, raw=json.dumps({"lowbit_autotune": 1, "gpu": GPU.name,
+                                                       "entries": [bad, {"gpu": 1}, good]}))
     plant_gpu()
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        assert cache.lookup("uniform", qw, GEMV, 1, torch.float16) is None
+        assert cache.lookup("uniform", bad_qw, GEMV, 1, torch.float16) is None
+        assert cache.lookup("uniform", good_qw, GEMV, 1, torch.float16) == CFG_B
+        assert cache.lookup("uniform", bad_qw, GEMV, 1, torch.float16) is None
     msgs = [str(w.message) for w in _cache_warnings(rec)]
-    assert any("malformed" in m and "block_k" in m for m in msgs), msgs
+    assert len(msgs) == 1 and "2 invalid entries" in msgs[0] and field in msgs[0], msgs
+
+
+def test_a_config_the_family_cannot_run_falls_back_with_one_warning(monkeypatch):
+    """A structurally valid config that breaks the family's own rules (a K tile across two int4 groups)."""
+    from lowbit.dispatch import choose_config
+    from lowbit.kernels import uniform
+
+    qw = small_qw(group_size=32)
+    cfg = uniform.FAMILY.heuristic(GEMV, 1, qw, torch.float16)
+    bad = type(cfg)(**{**cfg.to_dict(), "block_k": 64})  # 64 > group_size 32
+    assert uniform.FAMILY.config_problem(GEMV, bad, qw, torch.float16)
+    monkeypatch.setattr("lowbit.autotune.lookup", lambda *a, **k: bad)
+    x = torch.empty(1, qw.K, dtype=torch.float16, device="meta")  # not the interpreter: the cache is consulted
+    with pytest.warns(cache.AutotuneCacheWarning, match="ignoring the cached config"):
+        assert choose_config(uniform.FAMILY, x, GEMV, 1, qw) == cfg
 
 
 @pytest.mark.parametrize("other", [GPU._replace(triton="0.0.1"), GPU._replace(name="NVIDIA A100-SXM4-80GB"),

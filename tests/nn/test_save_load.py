@@ -133,7 +133,7 @@ def test_file_metadata(saved):
     m, path = saved
     header, _ = read_header(path)
     meta = header["__metadata__"]
-    assert meta["format"] == "lowbit.quantized" and meta["format_version"] == "1"
+    assert meta["format"] == "lowbit.quantized" and meta["format_version"] == "2"
     layers = json.loads(meta["layers"])
     q = layers["model.layers.0.self_attn.k_proj"]
     assert q == {"scheme": "int4", "options": {"group_size": 32, "symmetric": False}, "shape": [32, 64],
@@ -227,9 +227,50 @@ def test_truncated_file(saved, device, cut):
 
 def test_other_format_version(saved, device):
     _, path = saved
-    edit_metadata(path, lambda meta: meta.update(format_version="2"), redigest=True)
-    with pytest.raises(ValueError, match="format version '2'.*reads version 1 only"):
+    edit_metadata(path, lambda meta: meta.update(format_version="99"), redigest=True)
+    with pytest.raises(ValueError, match="format version '99'.*reads versions 1, 2"):
         lowbit.load_quantized(tiny_llama(1, device), path)
+
+
+def _redeclare(path, key, dtype):
+    """Re-declare one stored tensor's dtype in the safetensors header (same bytes), fixing up the lowbit
+    tensor record and the digest as a deliberate editor or a buggy converter would."""
+    header, data = read_header(path)
+    header[key]["dtype"] = dtype
+    meta = header["__metadata__"]
+    records = json.loads(meta["tensors"])
+    records[key]["dtype"] = {"BF16": "bfloat16", "F16": "float16"}[dtype]
+    meta["tensors"] = json.dumps(records, sort_keys=True)
+    meta["digest"] = S.metadata_digest(meta)
+    write_header(path, header, data)
+
+
+def test_a_tensor_redeclared_with_another_dtype_is_caught(saved, device):
+    """fp16 scales re-declared as bf16 (same bytes, other values) with the digest recomputed: the per-tensor
+    sha256 binds dtype and shape, so the load fails instead of running silently wrong weights."""
+    _, path = saved
+    _redeclare(path, "model.layers.0.self_attn.k_proj.scales", "BF16")
+    fresh = tiny_llama(1, device)
+    with pytest.raises(ValueError, match="k_proj.scales' fails its sha256 check"):
+        lowbit.load_quantized(fresh, path)
+    assert_untouched(fresh)
+
+
+def test_version_1_files_still_load(saved, device, ids):
+    """A version-1 file (sha256 over the bytes only) loads and gives the same outputs."""
+    m, path = saved
+
+    def to_v1(meta):
+        records = json.loads(meta["tensors"])
+        tensors = S.read_file(path).tensors  # the file is still the valid version-2 one here
+        for key, rec in records.items():
+            rec["sha256"] = S.tensor_sha256(tensors[key], version=1)
+        meta["tensors"] = json.dumps(records, sort_keys=True)
+        meta["format_version"] = "1"
+
+    edit_metadata(path, to_v1, redigest=True)
+    fresh = lowbit.load_quantized(tiny_llama(1, device), path, backend="reference")
+    assert torch.equal(logits(fresh, ids), logits(m, ids))
 
 
 def test_not_a_lowbit_file(tmp_path, device):
