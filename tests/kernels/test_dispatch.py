@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lowbit
+from helpers import assert_close
 from lowbit.formats import QuantizedWeight
 
 N, K = 48, 128
@@ -84,3 +85,13 @@ def test_weights_from_empty_are_layout_valid():
         qw = QuantizedWeight.empty(scheme, (N, K), **opts)
         qw.check_layout()
         assert qw.device.type == "meta" and qw.bits_per_weight > 0
+
+
+@pytest.mark.parametrize("path", ["gemv", "gemm"])
+def test_tiny_weights_with_fp32_scales_run_on_the_kernels(path, device):
+    """Weights whose scales fall below fp16's normal range store fp32 scales; the kernels read them."""
+    qw = lowbit.quantize_weight(torch.randn(N, K) * 1e-5, "int4", group_size=64).to(device)
+    assert qw["scales"].dtype == torch.float32
+    x = torch.randn(5, K, device=device)
+    want = lowbit.reference.linear(x, qw, out_dtype=torch.float64)
+    assert_close(f"int4 1e-5 {path}", want, lowbit.linear(x, qw, path=path), 2e-4)

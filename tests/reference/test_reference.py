@@ -252,3 +252,19 @@ def test_to_moves_every_tensor():
     moved = qw.to("cpu")
     assert moved is not qw and set(moved.tensors) == set(qw.tensors)
     assert all(t.device.type == "cpu" for t in moved.tensors.values())
+
+
+@pytest.mark.parametrize("scheme,bound", [("int4", 0.12), ("int8", 0.008), ("int2", 0.5)])
+@pytest.mark.parametrize("std", [1e-5, 1e-4, 1e-3], ids=["std1e-5", "std1e-4", "std1e-3"])
+def test_tiny_weights_keep_their_precision(scheme, bound, std):
+    """Scales below fp16's normal range are stored in fp32 rather than clamped up (which lost std-1e-5
+    weights entirely: relative error 0.996). The bounds are the same scheme's error on std-1 weights plus
+    a margin: round-to-nearest error does not depend on the weights' scale."""
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    unit = lowbit.quantize_weight(w, scheme, group_size=64)
+    qw = lowbit.quantize_weight(w * std, scheme, group_size=64)
+    err = float((lowbit.dequantize(qw, torch.float64) - w.double() * std).norm() / (w.double() * std).norm())
+    unit_err = float((lowbit.dequantize(unit, torch.float64) - w.double()).norm() / w.double().norm())
+    assert err <= bound and err <= 1.05 * unit_err + 1e-3, (err, unit_err)
+    if std * 4 < 2 ** -14 * 2 ** lowbit.formats.code_bits(scheme):  # the groups' scales fall below fp16's range
+        assert qw["scales"].dtype == torch.float32
