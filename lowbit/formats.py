@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Mapping
 
@@ -65,6 +66,10 @@ _BITS = {
 }
 
 VALID_GROUP_SIZES = (32, 64, 128, -1)
+# The optional low-rank error correction W ~= W_hat + A B (LQER) every scheme can carry, as two extra
+# tensors: A [N, r] and B [r, K]. Quantizer options that build them (reference.lowrank reads them):
+LOWRANK_TENSORS = ("lowrank_a", "lowrank_b")
+LOWRANK_OPTIONS = frozenset({"lowrank", "act_scale"})
 DEFAULT_OUTLIER_FRACTION = 0.0045
 MAX_OUTLIER_FRACTION = 0.1
 
@@ -90,13 +95,16 @@ def packed_words(k: int, bits: int) -> int:
 
 @dataclass(frozen=True)
 class TensorRule:
-    """Shape (ints, or names of dimensions: "N", "K", "Kw", "G", "L", "N+1", "nnz") and dtypes of one tensor."""
+    """Shape (ints, or names of dimensions: "N", "K", "Kw", "G", "L", "N+1", "nnz", "r") and dtypes of one tensor."""
 
     shape: tuple
     dtypes: tuple[torch.dtype, ...]
 
 
 _CODES = TensorRule(("Kw", "N"), (torch.int32,))
+# The low-rank factors: fp16 as the quantizer stores them (fp32 when fp16 would lose them, e.g. tiny weights).
+LOWRANK_RULES = {"lowrank_a": TensorRule(("N", "r"), (torch.float16, torch.float32)),
+                 "lowrank_b": TensorRule(("r", "K"), (torch.float16, torch.float32))}
 _SPEC_CLASSES: dict[Scheme, type] = {}
 
 
@@ -364,9 +372,9 @@ Spec = UniformSpec | NF4Spec | LUTSpec | TernarySpec | BinarySpec
 
 
 def accepted_options(scheme: Scheme | str) -> frozenset[str]:
-    """Every keyword option `scheme` accepts (spec options and quantizer-only ones)."""
+    """Every keyword option `scheme` accepts (spec options, quantizer-only ones and the low-rank ones)."""
     cls = spec_type(scheme)
-    opts = cls.OPTIONS | cls.QUANTIZER_OPTIONS
+    opts = cls.OPTIONS | cls.QUANTIZER_OPTIONS | LOWRANK_OPTIONS
     if cls is LUTSpec and Scheme.parse(scheme) not in SPARSE_SCHEMES:
         opts = opts - {"outlier_fraction"}
     return opts
@@ -382,7 +390,8 @@ def check_options(scheme: Scheme, options: Mapping[str, object]) -> None:
 
 
 def make_spec(scheme: Scheme | str, **options) -> Spec:
-    """Build and validate the spec of `scheme` from keyword options (quantizer-only options are ignored)."""
+    """Build and validate the spec of `scheme` from keyword options (quantizer-only and low-rank options are
+    ignored: the low-rank term is tensors of the weight, not part of its spec)."""
     scheme = Scheme.parse(scheme)
     check_options(scheme, options)
     cls = spec_type(scheme)
@@ -395,7 +404,13 @@ class QuantizedWeight:
 
     Construction validates every tensor's shape and dtype, that all share one device, and the
     values that must hold (CSR structure, ternary codes). `bits_per_weight` counts every stored
-    byte, metadata included, per weight element.
+    byte, metadata and low-rank factors included, per weight element.
+
+    Any scheme may carry a low-rank error correction (LQER): two optional tensors ``lowrank_a``
+    [N, r] and ``lowrank_b`` [r, K] (both or neither, one dtype), so the weight is
+    W = W_hat + A B with W_hat what the scheme's codes and metadata give. The rank is a property
+    of the tensors (:attr:`lowrank`, 0 without them), not of the spec: spec options, autotune
+    keys and save-file records are the same with or without it.
     """
 
     scheme: Scheme
@@ -425,16 +440,21 @@ class QuantizedWeight:
         """A weight of the right layout with uninitialised tensors (meta by default: no memory).
 
         For planning and shape-only work (static cost models, building modules before loading
-        weights). sq3/sq4 get round(outlier_fraction * N * K) outliers, as the quantizer stores.
+        weights). sq3/sq4 get round(outlier_fraction * N * K) outliers, as the quantizer stores;
+        ``lowrank=r`` adds fp16 factors of rank r.
         """
         scheme = Scheme.parse(scheme)
         spec = make_spec(scheme, **options)
         n, k = (int(d) for d in shape)
+        rank = check_rank(options.get("lowrank", 0), n, k)
         dims = {"N": n, "K": k, "Kw": packed_words(k, code_bits(scheme)), "N+1": n + 1, "L": 2 ** code_bits(scheme),
-                "nnz": round(getattr(spec, "outlier_fraction", 0.0) * n * k), **spec.dims(n, k)}
+                "nnz": round(getattr(spec, "outlier_fraction", 0.0) * n * k), "r": rank, **spec.dims(n, k)}
+        rules = dict(spec.tensor_rules())
+        if rank:
+            rules.update(LOWRANK_RULES)
         tensors = {name: torch.empty([dims[d] if isinstance(d, str) else d for d in rule.shape],
                                      dtype=rule.dtypes[0], device=device)  # the first dtype: what quantizers store
-                   for name, rule in spec.tensor_rules().items()}
+                   for name, rule in rules.items()}
         qw = cls.unchecked(scheme, spec, (n, k), tensors)
         qw.check_layout()  # the values are uninitialised: nothing to check there
         return qw
@@ -467,6 +487,19 @@ class QuantizedWeight:
         raise AttributeError(f"scheme {self.scheme.value} has no groups")
 
     @property
+    def lowrank(self) -> int:
+        """Rank r of the low-rank correction A [N, r] . B [r, K] (0 when the weight has none)."""
+        a = self.tensors.get("lowrank_a")
+        return int(a.shape[1]) if isinstance(a, torch.Tensor) and a.dim() == 2 else 0
+
+    def tensor_rules(self) -> dict[str, TensorRule]:
+        """The spec's tensor rules, plus the low-rank factors' when the weight has either of them."""
+        rules = dict(self.spec.tensor_rules())
+        if any(name in self.tensors for name in LOWRANK_TENSORS):
+            rules.update(LOWRANK_RULES)
+        return rules
+
+    @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
@@ -483,7 +516,8 @@ class QuantizedWeight:
         return self.spec.options()
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.options().items())
+        opts = ", ".join(f"{k}={v}" for k, v in {**self.options(), **({"lowrank": self.lowrank} if self.lowrank
+                                                                        else {})}.items())
         return (f"QuantizedWeight({self.scheme.value}, N={self.N}, K={self.K}"
                 f"{', ' + opts if opts else ''}, bits_per_weight={self.bits_per_weight:.3f}, device={self.device})")
 
@@ -506,9 +540,9 @@ class QuantizedWeight:
         n, k = self.shape
         if n <= 0 or k <= 0:
             raise ValueError(f"weight shape must be positive, got {self.shape}")
-        rules = self.spec.tensor_rules()
         if not isinstance(self.tensors, dict):
             raise TypeError(f"tensors must be a dict of torch.Tensor, got {type(self.tensors).__name__}")
+        rules = self.tensor_rules()
         missing = sorted(set(rules) - set(self.tensors))
         extra = sorted(set(self.tensors) - set(rules))
         if missing or extra:
@@ -520,6 +554,8 @@ class QuantizedWeight:
                 **self.spec.dims(n, k)}
         if "col_idx" in self.tensors:
             dims["nnz"] = self.tensors["col_idx"].numel()
+        if "lowrank_a" in rules:
+            dims["r"] = self._check_lowrank_pair()
         devices = {t.device for t in self.tensors.values()}
         if len(devices) > 1:
             raise ValueError(f"{self.scheme.value} weight tensors are on several devices: {sorted(map(str, devices))}")
@@ -530,6 +566,33 @@ class QuantizedWeight:
                 raise ValueError(f"{self.scheme.value} tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
             if t.dtype not in rule.dtypes:
                 raise TypeError(f"{self.scheme.value} tensor {name!r} has dtype {t.dtype}, expected one of {rule.dtypes}")
+
+    def _check_lowrank_pair(self) -> int:
+        """The rank of lowrank_a/lowrank_b after the checks their shape rules cannot express (2-D, r >= 1, one dtype)."""
+        a, b = self.tensors["lowrank_a"], self.tensors["lowrank_b"]  # both present: check_layout checked names
+        for name, t in (("lowrank_a", a), ("lowrank_b", b)):
+            if t.dim() != 2:
+                raise ValueError(f"{self.scheme.value} tensor {name!r} must be 2-D, got shape {tuple(t.shape)}")
+        r = int(a.shape[1])
+        if r < 1:
+            raise ValueError(f"{self.scheme.value} low-rank factors have rank 0; drop lowrank_a/lowrank_b instead")
+        if a.dtype != b.dtype:
+            raise TypeError(f"{self.scheme.value} low-rank factors differ in dtype: lowrank_a {a.dtype}, "
+                            f"lowrank_b {b.dtype}")
+        return r
+
+
+def check_rank(rank: object, n: int, k: int) -> int:
+    """The low-rank option as an int: TypeError unless an int, ValueError unless 0 <= rank < min(N, K)."""
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        raise TypeError(f"lowrank must be an int (the rank r of the correction; 0 = none), got {type(rank).__name__}")
+    rank = int(rank)
+    if rank < 0:
+        raise ValueError(f"lowrank must be >= 0 (0 = no correction), got {rank}")
+    if rank >= min(n, k):
+        raise ValueError(f"lowrank={rank} must be below min(N, K) = {min(n, k)} for a [{n}, {k}] weight "
+                         "(a full-rank correction would store more than the float weight)")
+    return rank
 
 
 def dim_bucket(m: int) -> int:

@@ -55,7 +55,9 @@ def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = Non
     """y = x . W^T + b on the Triton kernels (same contract as F.linear); the twin of reference.linear.
 
     Arguments are checked once here. `path` forces "gemv" or "gemm"; `choose_config` picks the
-    launch config (default: the family's heuristic; lowbit.linear passes the autotuned one).
+    launch config (default: the family's heuristic; lowbit.linear passes the autotuned one). A weight
+    with a low-rank term (qw.lowrank > 0) gets (x B^T) A^T added by lowbit.kernels.lowrank after the
+    family's kernels, unless the family fuses it (none does yet: this costs two extra launches).
     """
     check_linear_args(x, qw, bias)
     check_runtime(x)
@@ -69,7 +71,15 @@ def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = Non
     cfg = (choose_config or _default_chooser)(fam, x, path, m, qw)
     with launch_guard(x):
         y = fam.forward(x2d, qw, None if bias is None else bias.contiguous(), path, cfg)
+        if qw.lowrank and not fam.fuses_lowrank:  # the unfused low-rank term: two generic launches after
+            y = _lowrank_module().add_lowrank(x2d, qw, y)
     return y.reshape(*x.shape[:-1], qw.N)
+
+
+def _lowrank_module():
+    """lowbit.kernels.lowrank (imports triton), loaded on first use; sys.modules first, as in families()."""
+    mod = sys.modules.get(f"{__name__}.lowrank")
+    return mod if mod is not None else importlib.import_module(f"{__name__}.lowrank")
 
 
 __all__ = ["linear", "families", "family_for", "KernelConfig", "KernelFamily", "KernelPath", "AotCase", "LaunchPlan",

@@ -279,6 +279,10 @@ class KernelFamily(abc.ABC):
     name: str = ""
     schemes: frozenset = frozenset()
     gemv_max_m: int = 8  # M at or below this uses the GEMV path by default
+    # Whether forward/run add a weight's low-rank term (QuantizedWeight.lowrank) themselves. While False,
+    # lowbit.kernels.linear and launch() add it after them with the generic kernels of lowbit.kernels.lowrank
+    # (two extra launches); a family sets it True once its own kernels fuse the term.
+    fuses_lowrank: bool = False
 
     def serves(self, scheme: Scheme) -> bool:
         return scheme in self.schemes
@@ -330,7 +334,12 @@ class KernelFamily(abc.ABC):
         if x2d.stride(1) != 1:
             x2d = x2d.contiguous()
         with launch_guard(x2d):
-            return self.run(x2d, qw, None if bias is None else bias.contiguous(), path, config, out)
+            out = self.run(x2d, qw, None if bias is None else bias.contiguous(), path, config, out)
+            if qw.lowrank and not self.fuses_lowrank:
+                from .lowrank import add_lowrank
+
+                add_lowrank(x2d, qw, out, inplace=True)
+            return out
 
     # -- configs (delegated to the family's configs module) -----------------------------------
     # The module holds search_space(path, qw, dtype), heuristic(path, m, qw, dtype) and

@@ -9,12 +9,12 @@ import torch
 
 from .._checks import check_linear_args, check_weight
 from ..formats import (ActivationQuant, BinarySpec, LUTSpec, NF4Spec, QuantizedWeight, Scheme, TernarySpec,
-                       UniformSpec, make_spec, spec_type)
-from . import binary, lut, nf4, ternary, uniform
+                       UniformSpec, check_rank, make_spec, spec_type)
+from . import binary, lowrank, lut, nf4, ternary, uniform
 from .packing import pack_codes, unpack_codes
 
 __all__ = ["quantize_weight", "dequantize", "linear", "pack_codes", "unpack_codes",
-           "binary", "lut", "nf4", "ternary", "uniform"]
+           "binary", "lowrank", "lut", "nf4", "ternary", "uniform"]
 
 # The reference module of each spec class: its quantize(w, spec, **quantizer options) and dequantize(qw, dtype).
 MODULES = {UniformSpec: uniform, NF4Spec: nf4, LUTSpec: lut, TernarySpec: ternary, BinarySpec: binary}
@@ -25,39 +25,63 @@ def _module(scheme: Scheme):
 
 
 def quantize_weight(w: torch.Tensor, scheme: Scheme | str, **options) -> QuantizedWeight:
-    """Quantize a float [N, K] weight with `scheme`; options: group_size, symmetric, outlier_fraction, sensitivity."""
+    """Quantize a float [N, K] weight with `scheme`.
+
+    Options: those of the scheme (group_size, symmetric, outlier_fraction, per_channel; sensitivity and
+    iters for lut*/sq*), and for every scheme ``lowrank=r`` (default 0): add the rank-r low-rank
+    correction A B of the quantization error (see :mod:`lowbit.reference.lowrank`), with an optional
+    ``act_scale`` [K] (positive per-input-channel activation magnitudes) for its activation-aware form.
+    """
     scheme = Scheme.parse(scheme)
     spec = make_spec(scheme, **options)  # rejects unknown options first
     check_weight(w)
     w = w.detach()
     n, k = w.shape
+    rank = check_rank(options.get("lowrank", 0), n, k)
+    act_scale = options.get("act_scale")
+    if act_scale is not None:
+        if rank == 0:
+            raise ValueError("act_scale only shapes the low-rank correction; pass lowrank=r > 0 with it")
+        act_scale = lowrank.check_act_scale(act_scale, k, w.device)
     if hasattr(spec, "effective_group") and k % spec.effective_group(k):
         raise ValueError(f"K={k} (in_features) is not divisible by group_size={spec.group_size}")
     extra = {name: options[name] for name in type(spec).QUANTIZER_OPTIONS if name in options}
     tensors = _module(scheme).quantize(w, spec, **extra)
-    return QuantizedWeight(scheme, spec, (n, k), tensors)
+    qw = QuantizedWeight(scheme, spec, (n, k), tensors)
+    if rank:
+        error = w.to(torch.float64) - _module(scheme).dequantize(qw, torch.float64)
+        qw = QuantizedWeight(scheme, spec, (n, k), {**tensors, **lowrank.factors(error, rank, act_scale)})
+    return qw
 
 
 def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The [N, K] weight the stored codes and metadata represent."""
+    """The [N, K] weight the stored tensors represent: W_hat from the codes and metadata, plus A B when the
+    weight carries a low-rank correction (summed in float64, then cast to `dtype`)."""
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"dequantize needs a lowbit.QuantizedWeight, got {type(qw).__name__}")
     qw.check_layout()
-    return _module(qw.scheme).dequantize(qw, dtype)
+    if not qw.lowrank:
+        return _module(qw.scheme).dequantize(qw, dtype)
+    return (_module(qw.scheme).dequantize(qw, torch.float64) + lowrank.product(qw)).to(dtype)
 
 
 def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
            out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """y = x . W^T + b computed in float64 from the stored format (BitNet's A8 formula for ternary).
 
+    With a low-rank correction: y = x . W_hat^T + (x . B^T) . A^T + b, the second term from x as given
+    (float64; for ternary W1.58A8 too: the correction never sees the int8 activations).
     Also accepts float64 x (the oracle's own precision). Returns x's dtype unless `out_dtype` is given (tests pass float64 to keep the oracle unrounded).
     """
     check_linear_args(x, qw, bias, allow_fp64=True)
     out_dtype = out_dtype or x.dtype
     if isinstance(qw.spec, TernarySpec) and qw.spec.activation is ActivationQuant.INT8_PER_TOKEN:
-        return ternary.linear_a8(x, qw, bias, out_dtype)
-    w = dequantize(qw, torch.float64)
-    y = x.to(torch.float64) @ w.t()
-    if bias is not None:
-        y = y + bias.to(torch.float64)
+        y = ternary.linear_a8(x, qw, bias, torch.float64)
+    else:
+        w = _module(qw.scheme).dequantize(qw, torch.float64)
+        y = x.to(torch.float64) @ w.t()
+        if bias is not None:
+            y = y + bias.to(torch.float64)
+    if qw.lowrank:
+        y = y + lowrank.apply(x, qw)
     return y.to(out_dtype)

@@ -1,0 +1,238 @@
+"""The low-rank correction y += (x B^T) A^T as a separate, generic pair of launches (not fused).
+
+A weight with a low-rank term (``QuantizedWeight.lowrank`` = r > 0) is W_hat + A B, A [N, r],
+B [r, K]. Until a family fuses the term into its own kernels (``KernelFamily.fuses_lowrank``),
+:func:`lowbit.kernels.linear` runs the family's kernels for x W_hat^T and then this module:
+
+1. ``_lowrank_project_kernel``: t = x B^T, split over K (grid [M tiles, splits]) into an fp32
+   workspace [splits, M, R];
+2. ``_lowrank_expand_kernel``: per [M, N] tile, t = the fixed-order sum of the splits, and
+   out = y + t A^T (in fp32, cast once to y's dtype).
+
+This costs two extra launches, a second read of x and a read and write of y, so at decode it is
+far from the fused target (perf/NOTES.md, "low-rank term", has the design of the fused version).
+Dots: the projection runs fp16 tensor-core dots when x and B are fp16 (exact products, fp32
+accumulation), otherwise exact fp32 (``input_precision="ieee"``); the expansion is always exact
+fp32, since t has no fp16-safe range. No host synchronisation, no atomics, deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import QuantizedWeight
+from .base import (DEFAULT_SMS, AotCase, KernelConfig, LaunchPlan, dtype_tag, on_interpreter, triton_dtype)
+from .jit import store_tile, sum_splits
+
+__all__ = ["LowrankConfig", "add_lowrank", "lowrank_add", "heuristic", "aot_cases", "launch_plans",
+           "workspace_numel"]
+
+MIN_DOT = 16  # tl.dot needs every tile dimension >= 16
+
+
+@dataclass(frozen=True)
+class LowrankConfig:
+    """Tiles of the two launches: projection [block_m, block_k] over `split` K ranges, expansion [block_m, block_n]."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    split: int = 1
+    num_warps: int = 4
+
+    def to_list(self) -> list[int]:
+        return [self.block_m, self.block_n, self.block_k, self.split, self.num_warps]
+
+    @classmethod
+    def from_list(cls, v) -> "LowrankConfig":
+        return cls(*[int(i) for i in v])
+
+
+def block_r(rank: int) -> int:
+    """The rank padded to a power of two, at least 16 (tl.dot)."""
+    return max(MIN_DOT, triton.next_power_of_2(rank))
+
+
+def heuristic(m: int, n: int, k: int, rank: int, on_cpu_interpreter: bool = False) -> LowrankConfig:
+    """Tiles for an [m, K] x and rank r: enough K splits to fill about two waves at small M."""
+    bm = min(64, max(MIN_DOT, triton.next_power_of_2(m)))
+    if on_cpu_interpreter:  # few, large programs: the interpreter pays per program and per K step
+        return LowrankConfig(block_m=bm, block_n=min(256, max(MIN_DOT, triton.next_power_of_2(n))),
+                             block_k=min(256, max(MIN_DOT, triton.next_power_of_2(k))), split=1)
+    bk = 128
+    m_tiles = triton.cdiv(m, bm)
+    split = max(1, min(triton.cdiv(k, bk), (2 * DEFAULT_SMS) // m_tiles))
+    return LowrankConfig(block_m=bm, block_n=64 if m <= 64 else 128, block_k=bk, split=split,
+                         num_warps=4 if m <= 64 else 8)
+
+
+@triton.jit
+def _lowrank_project_kernel(x_ptr, b_ptr, ws_ptr, M, K, R, stride_xm, k_per_split,
+                            F16_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    """ws[s, rm, :R] = x[rm, k-range s] . B[:, k-range s]^T for program (m tile, split s)."""
+    pid_m = tl.program_id(0)
+    s = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rr = tl.arange(0, BLOCK_R)
+    rk = tl.arange(0, BLOCK_K)
+    k0 = s * k_per_split
+    k_end = tl.minimum(k0 + k_per_split, K)
+    x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+    b_rows = b_ptr + rr.to(tl.int64)[None, :] * K
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for kk in range(k0, k_end, BLOCK_K):
+        ks = kk + rk
+        kmask = ks < k_end
+        xt = tl.load(x_rows + ks[None, :], mask=(rm < M)[:, None] & kmask[None, :], other=0.0)
+        bt = tl.load(b_rows + ks[:, None], mask=kmask[:, None] & (rr < R)[None, :], other=0.0)  # B^T tile [BK, BR]
+        if F16_DOT:
+            acc = tl.dot(xt, bt, acc)
+        else:
+            acc = tl.dot(xt.to(tl.float32), bt.to(tl.float32), acc, input_precision="ieee")
+    store_tile(ws_ptr + s.to(tl.int64) * M * R, acc, rm, rr, M, R, R, 1)
+
+
+@triton.jit
+def _lowrank_expand_kernel(ws_ptr, a_ptr, y_ptr, out_ptr, M, N, R, split, stride_ym, stride_om,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    """out[rm, rn] = y[rm, rn] + (sum_s ws[s, rm, :]) . A[rn, :]^T in fp32 (out may be y itself)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr = tl.arange(0, BLOCK_R)
+    t = sum_splits(ws_ptr, rm, rr, M, R, split, tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32))
+    at = tl.load(a_ptr + rn.to(tl.int64)[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & (rn < N)[None, :],
+                 other=0.0).to(tl.float32)  # A^T tile [BR, BN]
+    corr = tl.dot(t, at, input_precision="ieee")
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    y = tl.load(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], mask=mask, other=0.0)
+    store_tile(out_ptr, y.to(tl.float32) + corr, rm, rn, M, N, stride_om, 1)
+
+
+def workspace_numel(m: int, rank: int, config: LowrankConfig) -> int:
+    """fp32 elements of the t workspace one call allocates: split * M * r."""
+    return config.split * m * rank
+
+
+def _run(x2d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
+         cfg: LowrankConfig) -> torch.Tensor:
+    """Launch both kernels: out = y + (x2d B^T) A^T (out may be y). Arguments already checked."""
+    m, k = x2d.shape
+    n, r = a.shape
+    br = block_r(r)
+    per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k
+    split = triton.cdiv(k, per_split)  # no empty split
+    ws = torch.empty((split, m, r), dtype=torch.float32, device=x2d.device)
+    f16 = x2d.dtype == torch.float16 and b.dtype == torch.float16
+    _lowrank_project_kernel[(triton.cdiv(m, cfg.block_m), split)](
+        x2d, b, ws, m, k, r, x2d.stride(0), per_split, F16_DOT=f16, BLOCK_M=cfg.block_m, BLOCK_R=br,
+        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
+    _lowrank_expand_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))](
+        ws, a, y, out, m, n, r, split, y.stride(0), out.stride(0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_R=br, num_warps=cfg.num_warps)
+    return out
+
+
+@torch.library.custom_op("lowbit::lowrank_add", mutates_args=())
+def lowrank_add(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, config: list[int]) -> torch.Tensor:
+    """y + (x B^T) A^T for x [M, K], A [N, r], B [r, K], y [M, N] in x's dtype (checked by the caller)."""
+    return _run(x, a, b, y, torch.empty_like(y), LowrankConfig.from_list(config))
+
+
+@lowrank_add.register_fake
+def _lowrank_add_fake(x, a, b, y, config):
+    return torch.empty_like(y)
+
+
+def config_for(x2d: torch.Tensor, qw: QuantizedWeight) -> LowrankConfig:
+    """The launch tiles for this call (the heuristic; large tiles under the CPU interpreter)."""
+    return heuristic(x2d.shape[0], qw.N, qw.K, qw.lowrank, on_interpreter(x2d))
+
+
+def add_lowrank(x2d: torch.Tensor, qw: QuantizedWeight, y: torch.Tensor, *, inplace: bool = False,
+                config: LowrankConfig | None = None) -> torch.Tensor:
+    """y + (x2d B^T) A^T for a weight with a low-rank term; y [M, N] is x W_hat^T (+ bias) from a family.
+
+    ``inplace=True`` writes into y (for explicit-output launches); otherwise the custom op returns a
+    new tensor (torch.compile traces it). Arguments were checked by the caller (check_linear_args).
+    """
+    a, b = qw["lowrank_a"].contiguous(), qw["lowrank_b"].contiguous()
+    cfg = config or config_for(x2d, qw)
+    if inplace:
+        return _run(x2d, a, b, y, y, cfg)
+    return lowrank_add(x2d, a, b, y, cfg.to_list())
+
+
+# -- the compile gate and the static roofline --------------------------------------------------------
+DIVISIBLE_BY_16 = ("x_ptr", "b_ptr", "ws_ptr", "a_ptr", "y_ptr", "out_ptr", "K", "N", "stride_xm", "stride_ym",
+                   "stride_om", "k_per_split")
+AOT_RANKS = (16, 32, 64)
+
+
+def _project_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: LowrankConfig) -> AotCase:
+    sig = {"x_ptr": "*" + triton_dtype(dtype), "b_ptr": "*" + triton_dtype(fdtype), "ws_ptr": "*fp32",
+           "M": "i32", "K": "i32", "R": "i32", "stride_xm": "i32", "k_per_split": "i32"}
+    const = dict(F16_DOT=dtype == torch.float16 and fdtype == torch.float16, BLOCK_M=cfg.block_m,
+                 BLOCK_R=block_r(rank), BLOCK_K=cfg.block_k)
+    sig.update({c: "constexpr" for c in const})
+    kcfg = KernelConfig(block_m=cfg.block_m, block_n=block_r(rank), block_k=cfg.block_k, split_k=cfg.split,
+                        group_m=1, num_warps=cfg.num_warps, num_stages=1)
+    return AotCase(family="lowrank", kernel=_lowrank_project_kernel, signature=sig, constexprs=const, config=kcfg,
+                   label=f"project:{cfg.block_m}x{block_r(rank)}x{cfg.block_k}w{cfg.num_warps}/{dtype_tag(dtype)}"
+                         f"/{dtype_tag(fdtype)}r{rank}",
+                   expects_tensor_cores=bool(const["F16_DOT"]), divisible_by_16=DIVISIBLE_BY_16)
+
+
+def _expand_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: LowrankConfig) -> AotCase:
+    act = "*" + triton_dtype(dtype)
+    sig = {"ws_ptr": "*fp32", "a_ptr": "*" + triton_dtype(fdtype), "y_ptr": act, "out_ptr": act, "M": "i32",
+           "N": "i32", "R": "i32", "split": "i32", "stride_ym": "i32", "stride_om": "i32"}
+    const = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=block_r(rank))
+    sig.update({c: "constexpr" for c in const})
+    kcfg = KernelConfig(block_m=cfg.block_m, block_n=cfg.block_n, block_k=block_r(rank), split_k=1, group_m=1,
+                        num_warps=cfg.num_warps, num_stages=1)
+    return AotCase(family="lowrank", kernel=_lowrank_expand_kernel, signature=sig, constexprs=const, config=kcfg,
+                   label=f"expand:{cfg.block_m}x{cfg.block_n}x{block_r(rank)}w{cfg.num_warps}/{dtype_tag(dtype)}"
+                         f"/{dtype_tag(fdtype)}r{rank}",
+                   divisible_by_16=DIVISIBLE_BY_16)
+
+
+def aot_cases() -> list[AotCase]:
+    """What the heuristic launches at M = 1 and M = 4096 for ranks 16/32/64, fp16/bf16/fp32 x, fp16 factors
+    (plus fp32 factors once)."""
+    cases = []
+    for m in (1, 4096):
+        cfg = heuristic(m, 8192, 8192, 32)
+        for i, dtype in enumerate((torch.float16, torch.bfloat16, torch.float32)):
+            rank = AOT_RANKS[i]
+            cases += [_project_case(dtype, torch.float16, rank, cfg), _expand_case(dtype, torch.float16, rank, cfg)]
+    cfg = heuristic(1, 8192, 8192, 32)
+    cases += [_project_case(torch.float32, torch.float32, 32, cfg), _expand_case(torch.float32, torch.float32, 32, cfg)]
+    return cases
+
+
+def launch_plans(qw: QuantizedWeight, m: int, dtype: torch.dtype, config: LowrankConfig | None = None
+                 ) -> list[LaunchPlan]:
+    """The two launches the unfused correction adds to one call (for the static roofline); [] without one."""
+    r = qw.lowrank
+    if not r:
+        return []
+    n, k = qw.shape
+    cfg = config or heuristic(m, n, k, r)
+    fdtype = qw["lowrank_a"].dtype
+    fsize, xsize = torch.empty(0, dtype=fdtype).element_size(), torch.empty(0, dtype=dtype).element_size()
+    per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k
+    split = triton.cdiv(k, per_split)
+    m_tiles = triton.cdiv(m, cfg.block_m)
+    ws_bytes = 4 * split * m * r
+    project = LaunchPlan("lowrank x.B^T", _project_case(dtype, fdtype, r, cfg), (m_tiles, split),
+                         32 * cfg.num_warps, triton.cdiv(per_split, cfg.block_k), cfg.block_k * r,
+                         m * k * xsize + r * k * fsize + ws_bytes)
+    expand = LaunchPlan("lowrank y += t.A^T", _expand_case(dtype, fdtype, r, cfg), (m_tiles, triton.cdiv(n, cfg.block_n)),
+                        32 * cfg.num_warps, 1, 0, ws_bytes + n * r * fsize + 2 * m * n * xsize)
+    return [project, expand]
