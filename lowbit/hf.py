@@ -42,7 +42,8 @@ from .nn.linear import Backend, QuantLinear, is_conv1d, is_float_linear, linear_
 from .nn.manifest import CONFIG_FORMAT_VERSION, DTYPES, QUANT_METHOD, check_manifest, layer_manifest
 from .nn.swap import group_conflict, quantize_, set_submodule, skip_matches
 
-_OPTION_TYPES = {"group_size": int, "symmetric": bool, "per_channel": bool, "outlier_fraction": float, "iters": int}
+_OPTION_TYPES = {"group_size": int, "symmetric": bool, "per_channel": bool, "outlier_fraction": float, "iters": int,
+                 "lowrank": int}
 
 __all__ = ["LowbitConfig", "LowbitHfQuantizer", "layer_manifest", "QUANT_METHOD"]
 
@@ -53,8 +54,10 @@ class LowbitConfig(QuantizationConfigMixin):
     ``LowbitConfig("int4", group_size=128)`` quantizes every nn.Linear / Conv1D except ``skip``
     (names as in :func:`lowbit.quantize_`; default ``["lm_head"]``). Options are those of
     :func:`lowbit.quantize_weight` (``group_size``, ``symmetric``, ``per_channel``,
-    ``outlier_fraction``, ``iters``). ``skip_incompatible=True`` keeps layers whose in_features
-    the group size does not divide in float instead of raising. ``backend`` ("triton" or
+    ``outlier_fraction``, ``iters``, ``lowrank``: the plain-SVD low-rank correction; the
+    activation-aware one needs calibration data, so it goes through :func:`lowbit.quantize_`).
+    ``skip_incompatible=True`` keeps layers whose in_features the group size does not divide in
+    float instead of raising. ``backend`` ("triton" or
     "reference") is given to every QuantLinear. ``layers`` is the per-layer manifest that
     save_pretrained writes; users do not pass it.
     """
@@ -76,6 +79,10 @@ class LowbitConfig(QuantizationConfigMixin):
         if clash:
             raise ValueError(f"option(s) {clash} given both in options= and as keywords")
         merged.update(scheme_options)
+        if "act_scale" in merged:
+            raise TypeError("LowbitConfig cannot hold act_scale (calibration data, not a JSON option): quantize with "
+                            "lowbit.quantize_(model, scheme, lowrank=r, act_scale=lowbit.nn.activation_scales(...)) "
+                            "instead; LowbitConfig(lowrank=r) gives the plain-SVD correction")
         for name, value in merged.items():
             want = _OPTION_TYPES.get(name)
             if want is float and isinstance(value, int) and not isinstance(value, bool):

@@ -18,7 +18,8 @@ TARGETS = (80, 90)  # kept equal to lowbit.kernels.gate.TARGETS (a test checks);
 
 def add_arguments(p) -> None:
     p.add_argument("--family", action="append", metavar="NAME",
-                   help="only this kernel family (repeatable; default: every implemented family)")
+                   help="only this kernel family, or 'lowrank' for the shared low-rank correction kernels "
+                        "(repeatable; default: all of them)")
     p.add_argument("--target", action="append", type=int, choices=TARGETS, metavar="CC",
                    help="compute capability 80 or 90 (repeatable; default both)")
     p.add_argument("--quick", action="store_true",
@@ -72,9 +73,7 @@ def run(args) -> int:
 
     targets = tuple(dict.fromkeys(args.target or TARGETS))
     try:
-        from ..kernels import families
-
-        known = [f.name for f in families()]
+        known = gate.gate_names()  # the families and the shared kernels (the low-rank correction)
     except Exception as e:  # a family module that does not import is a gate failure, not a traceback
         print(f"lowbit check: cannot import the kernel families: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -10,12 +10,14 @@ A weight W [N, K] splits along one of its two dimensions:
   their codes, the groups that cover them (the split must fall on a group boundary), the
   outliers in those columns (column indices re-based) and their entries of the binary g;
   per-row and per-tensor metadata (LUTs, per-channel scales, gamma, h) is kept whole.
+- A low-rank term W_hat + A B splits with it: A's rows for ``dim=0``, B's columns for ``dim=1``
+  (the other factor whole), so the row-parallel partial sums add up to x B^T A^T.
 
 Packed words are never cut: the codes of the slice are unpacked with
 :func:`lowbit.reference.unpack_codes` and packed again with :func:`lowbit.reference.pack_codes`,
 so a shard is a whole-word packing of its own codes for any packing layout (3-bit included)
 and is exact by construction: ``dequantize(shard(qw, d, r, w))`` equals the matching slice of
-``dequantize(qw)`` bit for bit. A column split copies whole word columns instead when a probe
+``dequantize(qw)`` bit for bit (with a low-rank term, up to float64 rounding of the product A B). A column split copies whole word columns instead when a probe
 through those same two functions shows that the layout packs each output row on its own.
 """
 from __future__ import annotations
@@ -193,7 +195,7 @@ def shard(qw: QuantizedWeight, dim: ShardDim | int, rank: int, world: int) -> Qu
         return QuantizedWeight(qw.scheme, qw.spec, qw.shape, {k: _own(v) for k, v in qw.tensors.items()})
     n, k = qw.shape
     a, b = shard_range(qw.shape[dim], rank, world)
-    rules = qw.spec.tensor_rules()
+    rules = qw.tensor_rules()  # the low-rank factors too: A [N, r] splits by rows, B [r, K] by columns
     out: dict[str, torch.Tensor] = {}
     if "row_ptr" in rules:
         out.update(_csr_rows(qw, a, b) if dim is ShardDim.OUTPUT else _csr_cols(qw, a, b))
@@ -214,7 +216,7 @@ def shard(qw: QuantizedWeight, dim: ShardDim | int, rank: int, world: int) -> Qu
             elif axis == "G" and dim is ShardDim.INPUT:
                 # per channel (group = K): one group spans the whole row and stays valid for any slice
                 index.append(slice(None) if group == k else slice(a // group, b // group))
-            elif axis in ("N", "K", "G", "L") or isinstance(axis, int):
+            elif axis in ("N", "K", "G", "L", "r") or isinstance(axis, int):
                 index.append(slice(None))
             else:
                 raise NotImplementedError(f"shard does not know how to split {qw.scheme.value} tensor {name!r} "

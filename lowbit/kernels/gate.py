@@ -171,16 +171,32 @@ def format_table(reports) -> str:
     return "\n".join([head, "-" * len(head)] + [line(row) for row in rows])
 
 
+# Kernels shared by every family that the gate compiles under a family-like name: name -> module with aot_cases()
+SHARED_KERNELS = {"lowrank": "lowbit.kernels.lowrank"}  # the unfused low-rank correction
+
+
+def gate_names() -> list[str]:
+    """Every name the gate knows: the implemented families, then the shared kernels."""
+    from . import families
+
+    return [f.name for f in families()] + list(SHARED_KERNELS)
+
+
 def family_cases(names=None):
-    """AOT cases of the named families (all implemented families when None)."""
+    """AOT cases of the named families and shared kernels (all of them when None)."""
+    import importlib
+
     from . import families
 
     fams = [f for f in families() if names is None or f.name in names]
-    missing = set(names or ()) - {f.name for f in fams}
+    shared = [s for s in SHARED_KERNELS if names is None or s in names]
+    missing = set(names or ()) - {f.name for f in fams} - set(shared)
     if missing:
         raise ValueError(f"unknown kernel families: {sorted(missing)}")
     for fam in fams:
         yield from fam.aot_cases()
+    for name in shared:
+        yield from importlib.import_module(SHARED_KERNELS[name]).aot_cases()
 
 
 def _tile_volume(case: AotCase) -> int:

@@ -12,8 +12,11 @@ B [r, K]. Until a family fuses the term into its own kernels (``KernelFamily.fus
 This costs two extra launches, a second read of x and a read and write of y, so at decode it is
 far from the fused target (perf/NOTES.md, "low-rank term", has the design of the fused version).
 Dots: the projection runs fp16 tensor-core dots when x and B are fp16 (exact products, fp32
-accumulation), otherwise exact fp32 (``input_precision="ieee"``); the expansion is always exact
-fp32, since t has no fp16-safe range. No host synchronisation, no atomics, deterministic.
+accumulation), otherwise fp32 operands as three tf32 passes (``input_precision="tf32x3"``, about
+fp32's accuracy, on tensor cores); the expansion always runs tf32x3, since t has no fp16-safe range.
+(An exact "ieee" FMA dot there spills once y is fp32: 4 KiB a thread at 64x64 tiles, in the compile
+gate.) The Triton interpreter computes every dot exactly. No host synchronisation, no atomics,
+deterministic.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import triton
 import triton.language as tl
 
 from ..formats import QuantizedWeight
-from .base import (DEFAULT_SMS, AotCase, KernelConfig, LaunchPlan, dtype_tag, on_interpreter, triton_dtype)
+from .base import (DEFAULT_SMS, AotCase, KernelConfig, LaunchPlan, aligned_args, dtype_tag, on_interpreter,
+                   triton_dtype)
 from .jit import store_tile, sum_splits
 
 __all__ = ["LowrankConfig", "add_lowrank", "lowrank_add", "heuristic", "aot_cases", "launch_plans",
@@ -58,15 +62,17 @@ def block_r(rank: int) -> int:
 
 def heuristic(m: int, n: int, k: int, rank: int, on_cpu_interpreter: bool = False) -> LowrankConfig:
     """Tiles for an [m, K] x and rank r: enough K splits to fill about two waves at small M."""
-    bm = min(64, max(MIN_DOT, triton.next_power_of_2(m)))
+    bm = min(32, max(MIN_DOT, triton.next_power_of_2(m)))
     if on_cpu_interpreter:  # few, large programs: the interpreter pays per program and per K step
-        return LowrankConfig(block_m=bm, block_n=min(256, max(MIN_DOT, triton.next_power_of_2(n))),
+        return LowrankConfig(block_m=min(64, max(MIN_DOT, triton.next_power_of_2(m))),
+                             block_n=min(256, max(MIN_DOT, triton.next_power_of_2(n))),
                              block_k=min(256, max(MIN_DOT, triton.next_power_of_2(k))), split=1)
-    bk = 128
+    # 32-row tiles with a 64-wide K step (projection) and 64 columns (expansion) keep fp32 operands in
+    # registers up to r = 64 on sm_80 and sm_90 (larger ones spill with tf32x3 dots: the compile gate)
+    bk = 128 if bm == MIN_DOT else 64
     m_tiles = triton.cdiv(m, bm)
     split = max(1, min(triton.cdiv(k, bk), (2 * DEFAULT_SMS) // m_tiles))
-    return LowrankConfig(block_m=bm, block_n=64 if m <= 64 else 128, block_k=bk, split=split,
-                         num_warps=4 if m <= 64 else 8)
+    return LowrankConfig(block_m=bm, block_n=64, block_k=bk, split=split, num_warps=4)
 
 
 @triton.jit
@@ -92,7 +98,7 @@ def _lowrank_project_kernel(x_ptr, b_ptr, ws_ptr, M, K, R, stride_xm, k_per_spli
         if F16_DOT:
             acc = tl.dot(xt, bt, acc)
         else:
-            acc = tl.dot(xt.to(tl.float32), bt.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(xt.to(tl.float32), bt.to(tl.float32), acc, input_precision="tf32x3")
     store_tile(ws_ptr + s.to(tl.int64) * M * R, acc, rm, rr, M, R, R, 1)
 
 
@@ -108,7 +114,7 @@ def _lowrank_expand_kernel(ws_ptr, a_ptr, y_ptr, out_ptr, M, N, R, split, stride
     t = sum_splits(ws_ptr, rm, rr, M, R, split, tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32))
     at = tl.load(a_ptr + rn.to(tl.int64)[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & (rn < N)[None, :],
                  other=0.0).to(tl.float32)  # A^T tile [BR, BN]
-    corr = tl.dot(t, at, input_precision="ieee")
+    corr = tl.dot(t, at, input_precision="tf32x3")
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     y = tl.load(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], mask=mask, other=0.0)
     store_tile(out_ptr, y.to(tl.float32) + corr, rm, rn, M, N, stride_om, 1)
@@ -169,8 +175,9 @@ def add_lowrank(x2d: torch.Tensor, qw: QuantizedWeight, y: torch.Tensor, *, inpl
 
 
 # -- the compile gate and the static roofline --------------------------------------------------------
-DIVISIBLE_BY_16 = ("x_ptr", "b_ptr", "ws_ptr", "a_ptr", "y_ptr", "out_ptr", "K", "N", "stride_xm", "stride_ym",
-                   "stride_om", "k_per_split")
+# what a JIT launch on aligned shapes (N, K multiples of 16) specialises, besides the pointers
+PROJECT_ALIGNED_INTS = ("K", "stride_xm", "k_per_split")  # k_per_split is a multiple of BLOCK_K
+EXPAND_ALIGNED_INTS = ("N", "stride_ym", "stride_om")
 AOT_RANKS = (16, 32, 64)
 
 
@@ -185,7 +192,8 @@ def _project_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: Lowra
     return AotCase(family="lowrank", kernel=_lowrank_project_kernel, signature=sig, constexprs=const, config=kcfg,
                    label=f"project:{cfg.block_m}x{block_r(rank)}x{cfg.block_k}w{cfg.num_warps}/{dtype_tag(dtype)}"
                          f"/{dtype_tag(fdtype)}r{rank}",
-                   expects_tensor_cores=bool(const["F16_DOT"]), divisible_by_16=DIVISIBLE_BY_16)
+                   expects_tensor_cores=True,  # fp16 dots, or tf32x3 (three tf32 MMA passes)
+                   divisible_by_16=aligned_args(sig, PROJECT_ALIGNED_INTS))
 
 
 def _expand_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: LowrankConfig) -> AotCase:
@@ -199,7 +207,7 @@ def _expand_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: Lowran
     return AotCase(family="lowrank", kernel=_lowrank_expand_kernel, signature=sig, constexprs=const, config=kcfg,
                    label=f"expand:{cfg.block_m}x{cfg.block_n}x{block_r(rank)}w{cfg.num_warps}/{dtype_tag(dtype)}"
                          f"/{dtype_tag(fdtype)}r{rank}",
-                   divisible_by_16=DIVISIBLE_BY_16)
+                   expects_tensor_cores=True, divisible_by_16=aligned_args(sig, EXPAND_ALIGNED_INTS))
 
 
 def aot_cases() -> list[AotCase]:

@@ -104,7 +104,8 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Module, scheme: Scheme | str, *,
                     backend: Backend | str = Backend.TRITON, **options) -> "QuantLinear":
-        """Quantize `linear`'s weight with `scheme` and options (group_size, symmetric, ...); keeps its bias.
+        """Quantize `linear`'s weight with `scheme` and options (group_size, symmetric, lowrank, act_scale, ...);
+        keeps its bias.
 
         `linear` is an nn.Linear or a transformers ``Conv1D`` (GPT-2), whose [in, out] weight is
         transposed first: both become y = x . W^T + b with W [out, in].
@@ -137,6 +138,11 @@ class QuantLinear(nn.Module):
                                {name: getattr(self, name) for name in self.tensor_names})
 
     @property
+    def lowrank(self) -> int:
+        """Rank r of the weight's low-rank correction (0 without one)."""
+        return int(self.lowrank_a.shape[1]) if "lowrank_a" in self.tensor_names else 0
+
+    @property
     def bits_per_weight(self) -> float:
         nbytes = sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self.tensor_names)
         return 8.0 * nbytes / (self.out_features * self.in_features)
@@ -160,6 +166,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v}" for k, v in self.options().items())
+        opts += f", lowrank={self.lowrank}" if self.lowrank else ""
         return (f"scheme={self.scheme.value}, in_features={self.in_features}, out_features={self.out_features}"
                 f"{opts}, bits_per_weight={self.bits_per_weight:.3f}, bias={self.bias is not None}, "
                 f"backend={self.backend.value}")

@@ -18,6 +18,8 @@ from ..formats import NF4Spec, Scheme, UniformSpec, make_spec
 from .linear import Backend, QuantLinear, is_float_linear, linear_shape
 
 FilterFn = Callable[[nn.Module, str], bool]
+# act_scale of quantize_: {layer name: [K] tensor}, or (module, fqn) -> [K] tensor or None
+ActScale = dict[str, torch.Tensor] | Callable[[nn.Module, str], "torch.Tensor | None"]
 
 
 def skip_matches(fqn: str, pattern: str) -> bool:
@@ -70,7 +72,8 @@ def group_conflict(spec, in_features: int) -> int | None:
 def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | None = None,
               skip: Iterable[str] = ("lm_head",), skip_incompatible: bool = False,
               backend: Backend | str = Backend.TRITON,
-              sensitivity: dict[str, torch.Tensor] | None = None, **options) -> nn.Module:
+              sensitivity: dict[str, torch.Tensor] | None = None, act_scale: ActScale | None = None,
+              **options) -> nn.Module:
     """Replace the model's nn.Linear layers with QuantLinear(scheme, **options) in place; returns `model`.
 
     - Candidates are modules whose type is exactly ``nn.Linear`` (subclasses such as
@@ -87,8 +90,12 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     - A layer whose ``in_features`` is not divisible by ``group_size`` raises ValueError naming
       it, unless ``skip_incompatible=True``, which keeps such layers in float (with a warning).
     - ``sensitivity``: optional {fqn: [N, K] tensor} for the lut*/sq* k-means.
-    - Options (``group_size``, ``symmetric``, ``outlier_fraction``, ``per_channel``, ``iters``)
-      are those of :func:`lowbit.quantize_weight`. ``backend`` is passed to every QuantLinear.
+    - ``lowrank=r`` (any scheme) adds the rank-r low-rank correction of each layer's quantization
+      error. ``act_scale`` makes it activation-aware: a dict {fqn: [K] positive tensor} (layers
+      it does not name get the plain SVD; :func:`lowbit.nn.activation_scales` measures one from
+      calibration inputs) or a callable ``(module, fqn) -> [K] tensor or None``.
+    - Options (``group_size``, ``symmetric``, ``outlier_fraction``, ``per_channel``, ``iters``,
+      ``lowrank``) are those of :func:`lowbit.quantize_weight`. ``backend`` is passed to every QuantLinear.
 
     - A layer shared under several names (tied weights) is quantized once, as one QuantLinear at
       every name, when all its names are selected; when only some are (e.g. one name is the skipped
@@ -110,6 +117,13 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     if sensitivity is not None and not isinstance(sensitivity, dict):
         raise TypeError("sensitivity must be a dict {layer name: [N, K] tensor} for quantize_ "
                         "(use QuantLinear.from_linear for a single layer)")
+    if act_scale is not None:
+        if not (isinstance(act_scale, dict) or callable(act_scale)):
+            raise TypeError("act_scale must be a dict {layer name: [K] tensor} or a callable (module, fqn) -> [K] "
+                            f"tensor for quantize_, got {type(act_scale).__name__} (use QuantLinear.from_linear "
+                            "for a single layer)")
+        if not options.get("lowrank"):
+            raise ValueError("act_scale only shapes the low-rank correction; pass lowrank=r > 0 with it")
 
     layers = linear_layers(model)
     already = [fqn for fqn, m in layers.items() if isinstance(m, QuantLinear)]
@@ -135,6 +149,10 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
         unknown = sorted(set(sensitivity) - set(chosen))
         if unknown:
             raise ValueError(f"sensitivity names layers that are not being quantized: {unknown}")
+    if isinstance(act_scale, dict):
+        unknown = sorted(set(act_scale) - set(chosen))
+        if unknown:
+            raise ValueError(f"act_scale names layers that are not being quantized: {unknown}")
 
     # Quantize everything first (a module shared under several names is quantized once).
     new_by_id: dict[int, QuantLinear] = {}
@@ -145,6 +163,9 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
         opts = dict(options)
         if sensitivity is not None and fqn in sensitivity:
             opts["sensitivity"] = sensitivity[fqn]
+        scale = _act_scale_of(act_scale, mod, fqn)
+        if scale is not None:
+            opts["act_scale"] = scale
         try:
             new_by_id[id(mod)] = QuantLinear.from_linear(mod, scheme, backend=backend, **opts)
         except (ValueError, TypeError) as e:
@@ -162,6 +183,15 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
         warnings.warn(f"quantize_ swapped no layers: {len(already)} layer(s) are already QuantLinear and are "
                       "left unchanged", stacklevel=2)
     return model
+
+
+def _act_scale_of(act_scale: ActScale | None, module: nn.Module, fqn: str) -> torch.Tensor | None:
+    """The act_scale of one layer from quantize_'s dict or callable (None: plain SVD)."""
+    if act_scale is None:
+        return None
+    if isinstance(act_scale, dict):
+        return act_scale.get(fqn)
+    return act_scale(module, fqn)
 
 
 def _keep_ties(layers: dict[str, nn.Module], chosen: list[str]) -> tuple[list[str], list[list[str]]]:
