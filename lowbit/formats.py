@@ -568,7 +568,8 @@ class QuantizedWeight:
                 raise TypeError(f"{self.scheme.value} tensor {name!r} has dtype {t.dtype}, expected one of {rule.dtypes}")
 
     def _check_lowrank_pair(self) -> int:
-        """The rank of lowrank_a/lowrank_b after the checks their shape rules cannot express (2-D, r >= 1, one dtype)."""
+        """The rank of lowrank_a/lowrank_b, after the checks their shape rules cannot express (2-D, r >= 1,
+        one dtype)."""
         a, b = self.tensors["lowrank_a"], self.tensors["lowrank_b"]  # both present: check_layout checked names
         for name, t in (("lowrank_a", a), ("lowrank_b", b)):
             if t.dim() != 2:

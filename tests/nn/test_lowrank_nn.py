@@ -89,13 +89,16 @@ def test_quantize_with_act_scale_dict_and_callable(device):
     c = lowbit.quantize_(toy(device=device), "int2", group_size=32, lowrank=4, act_scale={"up": scales["up"]})
     assert torch.equal(c.down.lowrank_b, plain.down.lowrank_b)
     assert not torch.equal(c.up.lowrank_b, plain.up.lowrank_b)
+    # entries of layers that are skipped are ignored (activation_scales covers every float layer)
+    d = lowbit.quantize_(toy(device=device), "int2", group_size=32, lowrank=4, act_scale=scales, skip=("down",))
+    assert type(d.down) is nn.Linear and torch.equal(d.up.lowrank_b, a.up.lowrank_b)
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
     pytest.param({"lowrank": 4, "act_scale": torch.ones(64)}, TypeError, "dict .* or a callable", id="bare-tensor"),
     pytest.param({"act_scale": {"up": torch.ones(64)}}, ValueError, "pass lowrank=r > 0", id="no-rank"),
-    pytest.param({"lowrank": 4, "act_scale": {"nope": torch.ones(64)}}, ValueError, r"not being quantized: \['nope'\]",
-                 id="unknown-layer"),
+    pytest.param({"lowrank": 4, "act_scale": {"nope": torch.ones(64)}}, ValueError,
+                 r"the model does not have: \['nope'\]", id="unknown-layer"),
     pytest.param({"lowrank": 4, "act_scale": {"up": torch.ones(63)}}, ValueError, "layer 'up': act_scale must have",
                  id="wrong-length"),
     pytest.param({"lowrank": 4, "act_scale": lambda m, n: -torch.ones(m.in_features)}, ValueError,

@@ -182,3 +182,27 @@ def test_edited_factors_give_a_clear_error(edit, exc, match):
         ref.linear(torch.randn(2, K), qw)
     with pytest.raises(exc, match=match):
         QuantizedWeight(qw.scheme, qw.spec, qw.shape, qw.tensors)
+
+
+def test_with_lowrank_matches_quantize_weight_and_replaces_a_term():
+    w = _w()
+    s = torch.rand(K) + 0.5
+    base = lowbit.quantize_weight(w, "nf4", group_size=32)
+    direct = lowbit.quantize_weight(w, "nf4", group_size=32, lowrank=5, act_scale=s)
+    added = ref.with_lowrank(base, w, 5, act_scale=s)
+    assert set(added.tensors) == set(direct.tensors)
+    for name, t in direct.tensors.items():
+        assert torch.equal(added[name], t), name
+    again = ref.with_lowrank(added, w, 3)  # replaces the rank-5 term
+    assert again.lowrank == 3 and torch.equal(again["lowrank_a"], lowbit.quantize_weight(
+        w, "nf4", group_size=32, lowrank=3)["lowrank_a"])
+    assert ref.with_lowrank(added, w, 0).lowrank == 0
+    assert added.lowrank == 5  # the input is not modified
+    with pytest.raises(ValueError, match="w has shape"):
+        ref.with_lowrank(base, w[:, :64], 4)
+    with pytest.raises(ValueError, match="below min"):
+        ref.with_lowrank(base, w, N)
+    with pytest.raises(TypeError, match="QuantizedWeight"):
+        ref.with_lowrank(w, w, 4)
+    with pytest.raises(ValueError, match="pass rank > 0"):
+        ref.with_lowrank(base, w, 0, act_scale=s)
