@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: mean over tokens for encoders, the last token's state for decoder-only models")
     p.add_argument("--max-length", type=int, default=16, help="tokens per sentence (truncation)")
     p.add_argument("--lut-iters", type=int, default=10, help="k-means iterations of lut*/sq* quantization")
+    p.add_argument("--lowrank", type=int, default=0, metavar="R",
+                   help="add a rank-R low-rank correction of each layer's quantization error (LQER; every "
+                        "scheme; the kernels add it in two extra launches, not fused yet); default 0 = none")
+    p.add_argument("--act-aware", action="store_true",
+                   help="with --lowrank: activation-aware factors, calibrated on the demo sentences "
+                        "(mean |x| per input channel of each layer's inputs in the fp32 model)")
     p.add_argument("--jobs", type=int, default=0,
                    help="worker processes, one scheme each (default: 1 on a GPU; up to 4, one per core, "
                         "under the CPU interpreter, which is single-threaded)")
@@ -203,13 +209,16 @@ class _Setup:
     dtype: object
     backend: str
     lut_iters: int
+    lowrank: int = 0
+    act_scale: dict | None = None  # {layer name: [K] mean |x|} for the activation-aware low-rank term
 
     def options(self, scheme: str) -> dict:
+        opts = {"lowrank": self.lowrank} if self.lowrank else {}
         if scheme in GROUPED:
-            return {"group_size": self.group_size}
-        if scheme.startswith(("lut", "sq")):
-            return {"iters": self.lut_iters}
-        return {}
+            opts["group_size"] = self.group_size
+        elif scheme.startswith(("lut", "sq")):
+            opts["iters"] = self.lut_iters
+        return opts
 
 
 def _prepare(args, device: str, threads: int | None = None) -> _Setup:
@@ -224,8 +233,14 @@ def _prepare(args, device: str, threads: int | None = None) -> _Setup:
                 return_tensors="pt").to(device)
     last_token = _is_decoder(base) if args.pooling == "auto" else args.pooling == "last"
     ref_emb = embed(base, batch, last_token)
+    act_scale = None
+    if args.act_aware:
+        from ..nn import activation_scales
+
+        act_scale = activation_scales(base, lambda: embed(base, batch, last_token))
     return _Setup(name, device, base, dict(batch), last_token, ref_emb, _neighbours(ref_emb),
-                  _group_size(base, args.group_size), getattr(torch, args.dtype), args.backend, args.lut_iters)
+                  _group_size(base, args.group_size), getattr(torch, args.dtype), args.backend, args.lut_iters,
+                  args.lowrank, act_scale)
 
 
 def run_scheme(setup: _Setup, scheme: str) -> dict:
@@ -237,7 +252,8 @@ def run_scheme(setup: _Setup, scheme: str) -> dict:
 
     model = copy.deepcopy(setup.base)
     t0 = time.perf_counter()
-    quantize_(model, scheme, backend=setup.backend, **setup.options(scheme))  # from the fp32 weights
+    quantize_(model, scheme, backend=setup.backend, act_scale=setup.act_scale,
+              **setup.options(scheme))  # from the fp32 weights
     model.to(setup.dtype)  # the bias and the float layers; packed tensors keep their stored dtypes
     t1 = time.perf_counter()
     cap = _Capture(model)
@@ -338,6 +354,9 @@ def run(args) -> int:
     if unknown or not schemes:
         print(f"lowbit demo: unknown scheme(s) {unknown}; choose from {','.join(ALL_SCHEMES)}", file=sys.stderr)
         return 2
+    if args.lowrank < 0 or (args.act_aware and not args.lowrank):
+        print("lowbit demo: --lowrank must be >= 0, and --act-aware needs --lowrank R > 0", file=sys.stderr)
+        return 2
     device = _resolve_device(args.device)
     _setup_interpreter(device, args.backend)
     try:
@@ -356,6 +375,10 @@ def run(args) -> int:
           f"{setup.batch['input_ids'].shape[1]} tokens; activations {args.dtype}; "
           f"pooling: {'last token' if setup.last_token else 'mean'}; group_size {setup.group_size} for int*/nf4; "
           f"{jobs} worker process{'es' if jobs > 1 else ''}", flush=True)
+    if args.lowrank:
+        print(f"low-rank term: r={args.lowrank} per layer ("
+              + ("activation-aware, calibrated on these sentences" if args.act_aware else "plain SVD")
+              + "; bits/w include the fp16 factors; added by two generic launches, not fused)", flush=True)
     print(_row(HEADER))
     if setup.dtype != torch.float32:
         print(_row(_floor_row(setup)), flush=True)

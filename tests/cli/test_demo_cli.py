@@ -87,7 +87,8 @@ def test_demo_local_model_and_group_size_fallback(tiny_llama_dir):
 def args_for(**kw):
     p = argparse.ArgumentParser()
     demo.add_arguments(p)
-    return p.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()])
+    return p.parse_args([f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+                         for k, v in kw.items()])
 
 
 @pytest.mark.parametrize("module,package", [("transformers", "transformers"),
@@ -104,3 +105,22 @@ def test_bad_arguments(capsys):
     assert "unknown scheme(s) ['int5']" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not a directory"):
         demo.run(args_for(schemes="int4", model="/nonexistent/model"))
+
+
+def test_demo_lowrank_act_aware(tiny_llama_dir):
+    """--lowrank 4 --act-aware on the tiny model: the kernels add the term (kernel err at fp32 level) and the
+    bits per weight count the factors."""
+    p = run_demo("--model", tiny_llama_dir, "--schemes", "int3", "--dtype", "float32", "--lowrank", "4",
+                 "--act-aware")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "low-rank term: r=4 per layer (activation-aware" in p.stdout
+    cells = table(p.stdout)["int3"]
+    assert float(cells[6]) < 1e-4, cells
+    # int3 g32 alone is 3.2 + 1.0 bits; r = 4 adds 16 * 4 * (N + K) / (N K) >= 16 * 4 * 2 / 96 bits per layer
+    assert float(cells[1]) > 4.2 + 16 * 4 * 2 / 96
+
+
+def test_bad_lowrank_arguments(capsys):
+    assert demo.run(args_for(schemes="int4", act_aware=True)) == 2
+    assert "--act-aware needs --lowrank" in capsys.readouterr().err
+    assert demo.run(args_for(schemes="int4", lowrank=-1)) == 2
