@@ -29,7 +29,7 @@ import triton.language as tl
 from ..formats import QuantizedWeight
 from .base import (DEFAULT_SMS, AotCase, KernelConfig, LaunchPlan, aligned_args, dtype_tag, on_interpreter,
                    triton_dtype)
-from .jit import store_tile, sum_splits
+from .jit import lowrank_apply, store_tile
 
 __all__ = ["LowrankConfig", "add_lowrank", "lowrank_add", "heuristic", "aot_cases", "launch_plans",
            "workspace_numel"]
@@ -110,14 +110,10 @@ def _lowrank_expand_kernel(ws_ptr, a_ptr, y_ptr, out_ptr, M, N, R, split, stride
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr = tl.arange(0, BLOCK_R)
-    t = sum_splits(ws_ptr, rm, rr, M, R, split, tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32))
-    at = tl.load(a_ptr + rn.to(tl.int64)[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & (rn < N)[None, :],
-                 other=0.0).to(tl.float32)  # A^T tile [BR, BN]
-    corr = tl.dot(t, at, input_precision="tf32x3")
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     y = tl.load(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], mask=mask, other=0.0)
-    store_tile(out_ptr, y.to(tl.float32) + corr, rm, rn, M, N, stride_om, 1)
+    acc = lowrank_apply(y.to(tl.float32), ws_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R, True)
+    store_tile(out_ptr, acc, rm, rn, M, N, stride_om, 1)
 
 
 def workspace_numel(m: int, rank: int, config: LowrankConfig) -> int:
