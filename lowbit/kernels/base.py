@@ -265,8 +265,13 @@ INTERPRETER_LOCK = threading.RLock()
 
 
 def launch_guard(x: torch.Tensor):
-    """A context that serialises kernel launches when `x` runs on the interpreter (a no-op on a GPU)."""
-    return INTERPRETER_LOCK if on_interpreter(x) else contextlib.nullcontext()
+    """A context that serialises kernel launches when `x` runs on the interpreter (a no-op on a GPU).
+
+    Not taken while torch.compile traces (Dynamo cannot enter a lock, and tracing launches nothing).
+    """
+    if on_interpreter(x) and not torch.compiler.is_compiling():
+        return INTERPRETER_LOCK
+    return contextlib.nullcontext()
 
 
 class KernelFamily(abc.ABC):
