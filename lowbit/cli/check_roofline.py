@@ -17,14 +17,13 @@ def _dtypes(names):
 
 
 def select(args, families: list[str]):
-    """The cases the arguments ask for: --quick is the CI subset; otherwise the grid, narrowed by flags."""
+    """The cases the arguments ask for: --quick is the CI subset (narrowed by --scheme, --family,
+    --target); otherwise the grid, narrowed by every flag."""
     from ..perf import static_roofline as sr
 
     schemes = [s for group in args.scheme or () for s in group] or None
     if args.quick:
-        chosen = [c for c in sr.quick_cases() if c.family in families and (schemes is None or c.call.scheme in schemes)]
-        targets = set(args.target or (90,))
-        return [c for c in chosen if c.target in targets]
+        return sr.quick_cases(schemes, targets=tuple(dict.fromkeys(args.target or (90,))), families=families)
     return sr.cases(schemes=schemes, ms=args.m or sr.MS, shapes=args.shapes or sr.SHAPES,
                     dtypes=_dtypes(args.dtype) if args.dtype else sr.DTYPES,
                     targets=tuple(dict.fromkeys(sorted(args.target or sr.TARGETS, reverse=True))), families=families)

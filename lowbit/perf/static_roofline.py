@@ -85,9 +85,11 @@ def cases(schemes: Sequence[str] | None = None, ms: Sequence[int] = MS, shapes=S
     return out
 
 
-def quick_cases() -> list[RooflineCase]:
+def quick_cases(schemes: Sequence[str] | None = None, targets: Sequence[int] = (90,),
+                families: Sequence[str] | None = None) -> list[RooflineCase]:
     """The CI subset: every scheme at M = 1 and M = 4096 (the dispatcher's paths), fp16, 8192 x 8192, sm_90."""
-    return cases(ms=(1, 4096), shapes=((8192, 8192),), dtypes=(torch.float16,), targets=(90,))
+    return cases(schemes, ms=(1, 4096), shapes=((8192, 8192),), dtypes=(torch.float16,), targets=targets,
+                 families=families)
 
 
 # -- counting -------------------------------------------------------------------------------------
