@@ -5,15 +5,33 @@ tensor-core instruction count, and exits 1 on a compile error, a spill or shared
 over the device limit. Triton's compile cache ($TRITON_CACHE_DIR, defaulting to
 <checkout>/.triton-cache) makes a second run cheap. The interpreter must be off: when
 TRITON_INTERPRET is set the command re-runs itself in a subprocess without it.
+
+``--roofline`` runs the static roofline instead (lowbit.perf.static_roofline): every scheme x path
+x dtype x shape at the dispatcher's config, counted in the SASS and costed on H100/H200/A100 by a
+documented model; its output is an estimate and says so. ``--out``, ``--sass-dir``, ``--budgets``
+and ``--write-budgets`` write the committed tables, the SASS dump and check or set the budgets.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import time
 
+from .args import parse_ms, parse_schemes, parse_shapes
+
 TARGETS = (80, 90)  # kept equal to lowbit.kernels.gate.TARGETS (a test checks); importing it here would load torch
+DTYPE_NAMES = ("fp16", "bf16", "fp32")
+
+
+def _parse_dtypes(text: str) -> tuple[str, ...]:
+    """'fp16,bf16' -> ('fp16', 'bf16')."""
+    out = tuple(t.strip().lower() for t in text.split(","))
+    bad = [t for t in out if t not in DTYPE_NAMES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown dtype {bad[0]!r}: expected {', '.join(DTYPE_NAMES)}")
+    return out
 
 
 def add_arguments(p) -> None:
@@ -26,6 +44,23 @@ def add_arguments(p) -> None:
                    help="smoke subset: per kernel, its first config and its largest tile config")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="compile in this many processes (default: min(2, CPUs))")
+    r = p.add_argument_group("static roofline (--roofline; every figure is an estimate, see perf/README.md)")
+    r.add_argument("--roofline", action="store_true",
+                   help="instead of the gate: count each case's main loop in its SASS and estimate its time on "
+                        "H100/H200 (sm_90) and A100 (sm_80); with --quick, the CI subset (every scheme, fp16, "
+                        "8192x8192, M 1 and 4096, sm_90)")
+    r.add_argument("--scheme", type=parse_schemes, action="append", metavar="LIST",
+                   help="schemes, comma-separated or 'all' (repeatable; default all)")
+    r.add_argument("--m", type=parse_ms, metavar="LIST", help="batch sizes M (default 1,16,4096)")
+    r.add_argument("--shapes", type=parse_shapes, metavar="LIST",
+                   help="weight shapes NxK (default 8192x8192,28672x8192,8192x28672)")
+    r.add_argument("--dtype", type=_parse_dtypes, metavar="LIST", help="activation dtypes (default fp16,bf16,fp32)")
+    r.add_argument("--out", metavar="DIR", help="write roofline-sm<cc>.csv and the PNG plots to DIR (e.g. perf/static)")
+    r.add_argument("--sass-dir", metavar="DIR", help="write each case's main-kernel SASS as DIR/<case>.sass and "
+                                                      "DIR/manifest.json")
+    r.add_argument("--budgets", metavar="FILE", help="fail (exit 1) when a case's instructions per weight rise "
+                                                     "more than 5%% above its budget in FILE (perf/static/budgets.json)")
+    r.add_argument("--write-budgets", metavar="FILE", help="set the computed cases' budgets in FILE to today's counts")
 
 
 def _argv(args) -> list[str]:
@@ -37,6 +72,19 @@ def _argv(args) -> list[str]:
     if args.quick:
         out.append("--quick")
     out += ["--jobs", str(args.jobs)]
+    if args.roofline:
+        out.append("--roofline")
+    for schemes in args.scheme or ():
+        out += ["--scheme", ",".join(schemes)]
+    if args.m:
+        out += ["--m", ",".join(map(str, args.m))]
+    if args.shapes:
+        out += ["--shapes", ",".join(f"{n}x{k}" for n, k in args.shapes)]
+    if args.dtype:
+        out += ["--dtype", ",".join(args.dtype)]
+    for flag in ("out", "sass_dir", "budgets", "write_budgets"):
+        if getattr(args, flag):
+            out += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     return out
 
 
@@ -85,6 +133,10 @@ def run(args) -> int:
         print("lowbit check: no kernel family is implemented: nothing to compile", file=sys.stderr)
         return 1
     names = args.family or known
+    if args.roofline:
+        from .check_roofline import run_roofline
+
+        return run_roofline(args, names)
     print(f"lowbit check: compiling {', '.join(names)} for {', '.join(f'sm_{t}' for t in targets)} "
           f"(TRITON_CACHE_DIR={os.environ['TRITON_CACHE_DIR']}, {args.jobs} job(s))", file=sys.stderr)
     t0 = time.monotonic()

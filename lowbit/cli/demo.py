@@ -323,17 +323,53 @@ def _results(setup: _Setup, args, schemes: list[str], jobs: int):
 
 
 # -- the table ----------------------------------------------------------------------------------------
-HEADER = ("scheme", "bits/w", "size/fp16", "cos mean", "cos min", "NN agree", "kernel err", "quant s", "fwd s")
-WIDTHS = (12, 6, 9, 8, 8, 8, 10, 7, 6)
+HEADER = ("scheme", "grouping", "bits/w", "size/fp16", "cos mean", "cos min", "NN agree", "kernel err", "quant s",
+          "fwd s")
+WIDTHS = (12, 9, 6, 9, 8, 8, 8, 10, 7, 6)
+# Schemes quantized post-training here that were designed for models trained (or distilled) for them.
+TRAINED_FOR = ("int1", "int2", "ternary", "ternary_a16", "binary")
+
+
+def grouping(setup, scheme: str) -> str:
+    """What the scheme's metadata covers: the group size of int*/nf4, per-row tables, per-tensor gamma, ..."""
+    if scheme in GROUPED:
+        return "channel" if setup.group_size == -1 else f"g{setup.group_size}"
+    if scheme.startswith("lut"):
+        return "row-LUT"
+    if scheme.startswith("sq"):
+        return "LUT+0.45%"
+    if scheme.startswith("ternary"):
+        return "tensor-γ"
+    return "g[K],h[N]"
+
+
+LEGEND = """\
+grouping: what one piece of metadata covers (g64: a scale/zero or absmax per 64 inputs of a row; row-LUT: a
+  2^b-entry table per output row; LUT+0.45%: that plus 0.45% of the weights kept exactly as fp16 outliers;
+  tensor-γ: one scale per weight; g[K],h[N]: OneBit's two scale vectors).
+bits/w: stored bits per weight of the quantized layers, metadata included; size/fp16: their bytes over fp16's.
+cos mean / min: cosine of each sentence embedding to the fp32 model's, over the {n} sentences.
+NN agree: sentences whose nearest other sentence (cosine) is the same one as with fp32. The {n} sentences are
+  {pairs} paraphrase pairs on {pairs} topics, so this is a coarse retrieval check: it shows a scheme that breaks
+  retrieval outright, not small losses (read cosine for those). It can stay {n}/{n} while cosine falls, because
+  paraphrases can stay closer to each other than to other topics in a distorted embedding space.
+kernel err: max over the quantized layers of max|kernel - reference| / max|reference| (the Triton kernels
+  against lowbit.reference on the same stored weights: correctness, independent of quantization quality).
+quant s: seconds to quantize the model's linear layers; fwd s: seconds for one forward over the batch
+  (under the CPU interpreter these measure the interpreter, not GPU speed).
+{trained}: these formats are meant for models trained or distilled for them (BitNet b1.58 trains ternary
+  weights, OneBit distils to 1 bit; int1/int2 round-to-nearest is a baseline). Applied post-training to an fp32
+  model, as here, they are expected to wreck the embeddings (cosine well below 0.9); their rows show that the
+  kernels run them correctly (kernel err), not that the formats suit this model."""
 
 
 def _row(cells) -> str:
     return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, WIDTHS)))
 
 
-def _cells(scheme: str, r: dict) -> tuple:
+def _cells(setup, scheme: str, r: dict) -> tuple:
     err = "n/a" if r["err"] is None else f"{r['err']:.1e}"
-    return (scheme, f"{r['bits']:.2f}", f"{r['size']:.3f}", f"{r['cos_mean']:.4f}", f"{r['cos_min']:.4f}",
+    return (scheme, grouping(setup, scheme), f"{r['bits']:.2f}", f"{r['size']:.3f}", f"{r['cos_mean']:.4f}", f"{r['cos_min']:.4f}",
             f"{r['nn']}/{len(SENTENCES)}", err, f"{r['t_quant']:.1f}", f"{r['t_fwd']:.1f}")
 
 
@@ -342,7 +378,7 @@ def _floor_row(setup: _Setup) -> tuple:
     t0 = time.perf_counter()
     e = embed(copy.deepcopy(setup.base).to(setup.dtype), setup.batch, setup.last_token)
     cos = (e * setup.ref_emb).sum(-1)
-    return (str(setup.dtype).removeprefix("torch."), "16.00", "1.000", f"{float(cos.mean()):.4f}",
+    return (str(setup.dtype).removeprefix("torch."), "-", "16.00", "1.000", f"{float(cos.mean()):.4f}",
             f"{float(cos.min()):.4f}", f"{int((_neighbours(e) == setup.ref_nn).sum())}/{len(SENTENCES)}", "-", "-",
             f"{time.perf_counter() - t0:.1f}")
 
@@ -388,8 +424,8 @@ def run(args) -> int:
             failures += 1
             print(f"{scheme.ljust(WIDTHS[0])}  FAILED: {type(r).__name__}: {str(r).splitlines()[0]}", flush=True)
         else:
-            print(_row(_cells(scheme, r)), flush=True)
-    print("cos: cosine of each sentence embedding to fp32's; NN agree: sentences whose nearest neighbour matches "
-          "fp32's; kernel err: max over quantized layers of max|kernel - reference| / max|reference|.")
+            print(_row(_cells(setup, scheme, r)), flush=True)
+    print(LEGEND.format(n=len(SENTENCES), pairs=len(SENTENCES) // 2,
+                        trained="/".join(s for s in TRAINED_FOR if s in schemes) or "/".join(TRAINED_FOR)))
     print(f"total {time.perf_counter() - started:.1f} s")
     return 1 if failures else 0

@@ -1,8 +1,10 @@
 """python -m lowbit sweep: time the kernels against F.linear fp16/bf16 and peers over shapes x M x schemes.
 
-On a GPU the defaults are the full benchmark grid (lowbit.perf.BENCH_SHAPES x BENCH_MS); without one, a tiny Triton-interpreter sweep
-checks the pipeline (its "gpu" column says cpu-interpreter and it writes to a temp directory
-unless --out is given). Results: <out>/<gpu-slug>/<date>-<commit>.csv plus .json and PNG plots.
+On a GPU the defaults are the full benchmark grid (lowbit.perf.BENCH_SHAPES x BENCH_MS x every
+scheme). Without one, a tiny Triton-interpreter sweep checks the pipeline: its "gpu" column says
+cpu-interpreter, it runs no peers, its printed table holds lowbit's rows only under a banner that
+says they are not speed figures, and it writes to a temp directory unless --out is given.
+Results: <out>/<gpu-slug>/<date>-<commit>.csv plus .json and PNG plots.
 """
 from __future__ import annotations
 
@@ -40,25 +42,38 @@ def parse_paths(text: str) -> tuple[str | None, ...]:
     return tuple(None if p == "auto" else p for p in names)
 
 
+def _grid_text(grid: dict) -> str:
+    shapes = ",".join(f"{n}x{k}" for n, k in grid["shapes"])
+    return f"{shapes} x M {','.join(map(str, grid['ms']))} x {','.join(grid['schemes'])}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..perf.runner import ALL_SCHEMES, BENCH_MS, BENCH_SHAPES, CPU_DEFAULT, PEER_NAMES, QUICK_GPU
+
     parser.add_argument("--shapes", type=parse_shapes, default=None,
-                        help="comma-separated NxK weight shapes (default on a GPU: the ten benchmark shapes of perf/README.md; CPU: 384x384)")
+                        help=f"comma-separated NxK weight shapes (default on a GPU: the {len(BENCH_SHAPES)} benchmark "
+                             "shapes listed in perf/README.md; without a GPU: "
+                             f"{','.join(f'{n}x{k}' for n, k in CPU_DEFAULT['shapes'])})")
     parser.add_argument("--m", type=parse_ms, default=None,
-                        help="comma-separated batch sizes M (default: 1,2,4,...,4096; CPU: 1,16)")
+                        help=f"comma-separated batch sizes M (default on a GPU: {','.join(map(str, BENCH_MS))}; "
+                             f"without a GPU: {','.join(map(str, CPU_DEFAULT['ms']))})")
     parser.add_argument("--schemes", type=parse_schemes, default=None,
-                        help="comma-separated lowbit schemes or 'all' (default: all; CPU: int4,lut4,ternary)")
+                        help=f"comma-separated lowbit schemes or 'all' (default on a GPU: all {len(ALL_SCHEMES)}; "
+                             f"without a GPU: {','.join(CPU_DEFAULT['schemes'])})")
     parser.add_argument("--out", default=None,
                         help="results root; files go to <out>/<gpu-slug>/ (default: perf/results on a GPU, "
                              "a temp directory on the CPU)")
     parser.add_argument("--quick", action="store_true",
-                        help="a small grid: 2 shapes x M in 1,16,128,4096 x 4 schemes (the CPU grid without a GPU)")
+                        help=f"a small grid on a GPU: {_grid_text(QUICK_GPU)}. Without a GPU every run is already "
+                             f"the CPU grid ({_grid_text(CPU_DEFAULT)}); --shapes/--m/--schemes override either")
     parser.add_argument("--dtype", choices=_DTYPES, default="fp16", help="activation dtype of lowbit rows")
     parser.add_argument("--group-size", type=int, choices=VALID_GROUP_SIZES, default=128,
                         help="group size of int1..int8 schemes (default 128)")
     parser.add_argument("--paths", type=parse_paths, default=(None,),
                         help="kernel paths: auto (M bucket decides), gemv, gemm; comma-separated")
     parser.add_argument("--peers", type=parse_peers, default=None,
-                        help="peer providers: gemlite,torchao,bitsandbytes (default all) or none")
+                        help=f"peer providers: {','.join(PEER_NAMES)} (default on a GPU: all that are installed; "
+                             "without a GPU: none) or none")
     parser.add_argument("--graph-max-m", type=int, default=16,
                         help="also time under CUDA-graph replay for M <= this (default 16)")
     parser.add_argument("--no-graph", action="store_true", help="skip CUDA-graph rows")
@@ -75,9 +90,10 @@ def _resolve(args, cuda: bool) -> dict:
 
     base = (QUICK_GPU if cuda else CPU_DEFAULT) if (args.quick or not cuda) else \
         {"shapes": BENCH_SHAPES, "ms": BENCH_MS, "schemes": ALL_SCHEMES}
+    default_peers = PEER_NAMES if cuda else ()  # peers on the interpreter would time CPU libraries, not kernels
     return {"shapes": args.shapes or base["shapes"], "ms": args.m or base["ms"],
             "schemes": args.schemes or base["schemes"],
-            "peers": PEER_NAMES if args.peers is None else args.peers}
+            "peers": default_peers if args.peers is None else args.peers}
 
 
 def run(args) -> int:
@@ -101,9 +117,14 @@ def run(args) -> int:
     out = args.out or ("perf/results" if cuda else os.path.join(tempfile.gettempdir(), "lowbit-sweep"))
     df, info = run_sweep(cfg)
     paths = write_results(df, info, out, plots=not args.no_plots)
-    table = headline(df, ms=tuple(m for m in (1, 16, 4096) if m in cfg.ms) or cfg.ms[:3])
+    shown = df if cuda else df[df["provider"].str.startswith("lowbit")]
+    table = headline(shown, ms=tuple(m for m in (1, 16, 4096) if m in cfg.ms) or cfg.ms[:3])
     if not table.empty:
-        print("speedup vs fp16 F.linear (geometric mean over shapes):")
+        if cuda:
+            print("speedup vs fp16 F.linear (geometric mean over shapes):")
+        else:
+            print("CPU-INTERPRETER ARTEFACTS, NOT SPEED: lowbit's rows only, timed in Triton's CPU interpreter against "
+                  "torch's CPU F.linear (they check the pipeline end to end; GPU numbers come from a GPU run):")
         print(table.to_string(float_format=lambda v: f"{v:.2f}"))
     notes = df[df["median_us"].isna()]
     if len(notes):

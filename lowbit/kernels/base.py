@@ -143,8 +143,55 @@ def common_config_problem(path: KernelPath, cfg: KernelConfig) -> str | None:
 
 
 @dataclass(frozen=True)
+class KernelCall:
+    """One call of a family at a given shape, as the compile gate and the static roofline describe it.
+
+    `weight()` builds the QuantizedWeight on the meta device (no memory): the launch wrapper can then
+    run with its kernel launches recorded instead of executed (lowbit.kernels.plans).
+    """
+
+    scheme: str
+    n: int
+    k: int
+    m: int
+    path: KernelPath
+    dtype: torch.dtype
+    config: KernelConfig
+    options: tuple = ()  # weight options as (name, value) pairs, e.g. (("group_size", 128),)
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n", "k", "m"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"KernelCall.{name} must be a positive int, got {v!r}")
+        object.__setattr__(self, "scheme", Scheme.parse(self.scheme).value)
+        object.__setattr__(self, "path", KernelPath.parse(self.path))
+        if self.path is None:
+            raise ValueError("KernelCall needs a path ('gemv' or 'gemm')")
+        if self.dtype not in DTYPE_TAGS:
+            raise ValueError(f"KernelCall.dtype must be one of {list(DTYPE_TAGS)}, got {self.dtype}")
+        if not isinstance(self.config, KernelConfig):
+            raise TypeError(f"KernelCall.config must be a KernelConfig, got {type(self.config).__name__}")
+        object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
+
+    def weight(self, device: str = "meta") -> QuantizedWeight:
+        return QuantizedWeight.empty(self.scheme, (self.n, self.k), device=device, **dict(self.options))
+
+    def label(self) -> str:
+        opts = "".join(f",{k}={v}" for k, v in self.options)
+        return (f"{self.scheme}{opts} {self.path.value} {dtype_tag(self.dtype)} m{self.m} n{self.n} k{self.k}"
+                f"{' bias' if self.bias else ''} {self.config.label()}")
+
+
+@dataclass(frozen=True)
 class AotCase:
-    """One kernel specialisation for the ahead-of-time compile gate."""
+    """One kernel specialisation for the ahead-of-time compile gate.
+
+    Cases made by :func:`lowbit.kernels.plans.gate_case` are what a JIT launch of `call` specialises
+    (argument types, constants such as an M of 1, divisibility attributes, launch options);
+    tests/kernels/test_plans.py re-records every case's call and fails when a case drifts from it.
+    """
 
     family: str
     kernel: object  # a triton JITFunction
@@ -157,6 +204,8 @@ class AotCase:
     # argument names a JIT launch on aligned shapes specialises as multiples of 16 (pointers, dims,
     # strides); the gate passes them as tt.divisibility attributes so it compiles what runs
     divisible_by_16: tuple = ()
+    call: KernelCall | None = None  # the call whose launch this case is (None: written by hand)
+    options: tuple = ()  # compile options besides num_warps/num_stages, as (name, value) pairs
 
 
 @dataclass(frozen=True)
@@ -164,17 +213,20 @@ class LaunchPlan:
     """One kernel launch of one call, as the static roofline models it (see perf/README.md).
 
     A call is a list of these (activation quantizer, main kernel, split-K reduce, outlier pass, ...),
-    so work moved out of the main loop still counts.
+    so work moved out of the main loop still counts. A launch that is a torch op (a memset, a cast
+    copy, a sort) has no case: the model costs its bytes and launch overhead only.
     """
 
     label: str  # what the launch does: "gemv", "gemm", "reduce", "quantize x", ...
-    case: AotCase  # the exact specialisation this launch compiles (what the compile gate builds)
+    case: AotCase | None  # the exact specialisation this launch compiles; None for torch ops
     grid: tuple  # programs launched per grid axis
-    threads_per_cta: int  # 32 * num_warps
-    loop_trips: int  # trips of the main loop per program (1 when the kernel has no loop)
+    threads_per_cta: int  # 32 * num_warps (0 for torch ops)
+    loop_trips: float  # trips of the main loop per program, averaged over the grid (1: no loop)
     weights_per_iteration: int  # weight elements one trip consumes per program (0: reads no weights)
     hbm_bytes: int  # bytes read from and written to HBM by the whole launch, each tensor counted once
     inner_trips: object = None  # trip counts of loops nested in the main loop (lowbit.kernels.sass)
+    launches: int = 1  # kernel launches this entry stands for (a torch op may take several)
+    main: bool = False  # the call's main kernel: the one whose instructions per weight are reported
 
     @property
     def ctas(self) -> int:
@@ -182,12 +234,6 @@ class LaunchPlan:
         for g in self.grid:
             n *= int(g)
         return n
-
-
-def aligned_args(signature: dict, ints: Iterable[str]) -> tuple:
-    """The arguments a launch on aligned shapes (dims multiples of 16) specialises: pointers and `ints`."""
-    ints = set(ints)
-    return tuple(n for n, t in signature.items() if t.startswith("*") or n in ints)
 
 
 def interpreting() -> bool:
@@ -265,8 +311,13 @@ INTERPRETER_LOCK = threading.RLock()
 
 
 def launch_guard(x: torch.Tensor):
-    """A context that serialises kernel launches when `x` runs on the interpreter (a no-op on a GPU)."""
-    return INTERPRETER_LOCK if on_interpreter(x) else contextlib.nullcontext()
+    """A context that serialises kernel launches when `x` runs on the interpreter (a no-op on a GPU).
+
+    Not taken while torch.compile traces (Dynamo cannot enter a lock, and tracing launches nothing).
+    """
+    if on_interpreter(x) and not torch.compiler.is_compiling():
+        return INTERPRETER_LOCK
+    return contextlib.nullcontext()
 
 
 class KernelFamily(abc.ABC):

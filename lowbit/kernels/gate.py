@@ -11,6 +11,7 @@ Must run with TRITON_INTERPRET unset (the interpreter replaces JIT functions).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import SHARED_LIMIT, AotCase, interpreting
@@ -51,6 +52,7 @@ class CompileReport:
     error: str = ""
     expects_tensor_cores: bool = False
     integer_mma: bool = False
+    sass: str = field(default="", repr=False)  # cuobjdump -sass text, when compile_case was asked for it
 
     @property
     def problems(self) -> list[str]:
@@ -97,32 +99,45 @@ def _inspect_cubin(cubin: bytes) -> tuple[dict, str]:
     return {"registers": reg, "stack": stack, "shared": shared, "local": local}, sass
 
 
-def _cubin_stats(cubin: bytes, cc: int) -> dict:
-    """Resources and MMA counts of a cubin, memoised on disk by its hash (disassembly costs ~1 s)."""
-    memo = _memo_dir() / f"v{_MEMO_VERSION}-{hashlib.sha256(cubin).hexdigest()[:40]}-sm{cc}.json"
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename, so a concurrent reader sees the whole file or none; a failure is not an error."""
     try:
-        return json.loads(memo.read_text())
-    except (OSError, ValueError):
-        pass
-    res, sass = _inspect_cubin(cubin)
-    stats = dict(res, mma=len(_MMA_RE[cc].findall(sass)), int_mma=len(_INT_MMA_RE.findall(sass)))
-    try:  # write-then-rename: a concurrent reader sees the whole file or none
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=str(memo.parent), suffix=".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=str(path.parent), suffix=".tmp")
     except OSError:
-        return stats
+        return
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(stats, fh)
-        os.replace(tmp, memo)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    return stats
 
 
-def compile_case(case: AotCase, cc: int) -> CompileReport:
-    """Compile one case for sm_<cc> and fill a CompileReport (errors are captured, not raised)."""
+def _cubin_stats(cubin: bytes, cc: int, want_sass: bool = False) -> tuple[dict, str | None]:
+    """Resources and MMA counts of a cubin (and its SASS text when asked), memoised on disk by the
+    cubin's hash: disassembly costs ~1 s a kernel."""
+    stem = f"v{_MEMO_VERSION}-{hashlib.sha256(cubin).hexdigest()[:40]}-sm{cc}"
+    memo, sass_memo = _memo_dir() / f"{stem}.json", _memo_dir() / f"{stem}.sass.gz"
+    stats = sass = None
+    with contextlib.suppress(OSError, ValueError):
+        stats = json.loads(memo.read_text())
+    if want_sass:
+        with contextlib.suppress(OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError):
+            sass = gzip.decompress(sass_memo.read_bytes()).decode()
+    if stats is not None and (sass is not None or not want_sass):
+        return stats, sass
+    res, sass = _inspect_cubin(cubin)
+    stats = dict(res, mma=len(_MMA_RE[cc].findall(sass)), int_mma=len(_INT_MMA_RE.findall(sass)))
+    _write_atomic(memo, json.dumps(stats).encode())
+    _write_atomic(sass_memo, gzip.compress(sass.encode(), compresslevel=6))
+    return stats, (sass if want_sass else None)
+
+
+def compile_case(case: AotCase, cc: int, *, want_sass: bool = False) -> CompileReport:
+    """Compile one case for sm_<cc> and fill a CompileReport (errors are captured, not raised);
+    `want_sass` also fills ``report.sass`` with the ``cuobjdump -sass`` text."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -134,9 +149,9 @@ def compile_case(case: AotCase, cc: int) -> CompileReport:
     try:
         attrs = {(case.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16}
         src = ASTSource(case.kernel, dict(case.signature), constexprs=dict(case.constexprs), attrs=attrs)
-        ck = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                            options={"num_warps": case.config.num_warps, "num_stages": case.config.num_stages})
-        res = _cubin_stats(ck.asm["cubin"], cc)
+        options = {"num_warps": case.config.num_warps, "num_stages": case.config.num_stages, **dict(case.options)}
+        ck = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
+        res, sass = _cubin_stats(ck.asm["cubin"], cc, want_sass)
     except Exception as e:  # a compile failure is a gate result, reported per case
         rep.error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"[:300]
         return rep
@@ -145,6 +160,7 @@ def compile_case(case: AotCase, cc: int) -> CompileReport:
     rep.shared = max(int(ck.metadata.shared), res["shared"])
     rep.mma = res["mma"]
     rep.int_mma = res["int_mma"]
+    rep.sass = sass or ""
     return rep
 
 
@@ -234,12 +250,8 @@ def _compile_remote(family: str, index: int, kernel: str, label: str, cc: int) -
 
 def run_families(names=None, targets=TARGETS, *, jobs: int = 1, quick: bool = False,
                  progress=None) -> list[CompileReport]:
-    """The gate over registered families, using up to `jobs` processes; reports come in case order.
-
-    Compiles start in this process; only when one is slow (not in Triton's cache) does a pool
-    of ``jobs - 1`` spawned workers take cases from the front of the remaining list while this
-    process keeps taking them from the back, so a fully cached run never pays for spawning.
-    """
+    """The gate over registered families, using up to `jobs` processes; reports come in case order
+    (see :func:`run_tasks` for how the work is shared)."""
     per_family: dict = {}
     tagged = []  # (case, index within its family's aot_cases())
     for case in family_cases(names):
@@ -249,34 +261,57 @@ def run_families(names=None, targets=TARGETS, *, jobs: int = 1, quick: bool = Fa
     chosen = {id(c) for c in select_quick([c for c, _ in tagged])} if quick else None
     tagged = [(c, i) for c, i in tagged if chosen is None or id(c) in chosen]
     tasks = [(case, idx, cc) for case, idx in tagged for cc in targets]
-    reports: list = [None] * len(tasks)
-    lock = threading.Lock()
-    done = [0]
 
-    def finish(n, rep):
-        with lock:
-            reports[n] = rep
-            done[0] += 1
-            if progress:
-                progress(done[0], len(tasks), rep)
+    def failed(n, e):
+        case, _, cc = tasks[n]
+        return CompileReport(case.family, _kernel_name(case), case.label, cc,
+                             error=f"worker failed: {type(e).__name__}: {e}"[:300])
 
-    todo = list(range(len(tasks)))
-    while todo:  # serial while compiles are cache hits (the first one also pays Triton's start-up)
-        n = todo.pop(0)
-        t0 = time.monotonic()
-        finish(n, compile_case(tasks[n][0], tasks[n][2]))
-        if jobs > 1 and n > 0 and time.monotonic() - t0 > _SLOW_COMPILE_S and len(todo) > 2:
-            break
-    if todo:
-        _run_pool(tasks, todo, jobs - 1, finish)
-    return reports
+    return run_tasks(len(tasks), lambda n: compile_case(tasks[n][0], tasks[n][2]),
+                     lambda n: (_compile_remote, (tasks[n][0].family, tasks[n][1], _kernel_name(tasks[n][0]),
+                                                  tasks[n][0].label, tasks[n][2])),
+                     failed, jobs=jobs, progress=progress)
 
 
 _SLOW_COMPILE_S = 0.5  # a Triton cache hit takes milliseconds; a real compile, seconds
 
 
-def _run_pool(tasks, todo, workers, finish) -> None:
-    """Workers compile `todo` from the front while this process compiles from the back."""
+def run_tasks(count: int, local, remote, failed, *, jobs: int = 1, progress=None) -> list:
+    """Results of tasks 0..count-1, computed in this process and, when they are slow, in workers.
+
+    ``local(n)`` computes task n here; ``remote(n)`` returns ``(function, args)``, a picklable
+    module-level function and arguments that compute it in a spawned worker; ``failed(n, exc)``
+    is the result of a task whose worker crashed. ``progress(done, count, result)`` is called as
+    results come in. Tasks start in this process; only when one is slow (a compile not in
+    Triton's cache) does a pool of ``jobs - 1`` workers take tasks from the front of the remaining
+    list while this process keeps taking them from the back, so a fully cached run never pays
+    for spawning.
+    """
+    results: list = [None] * count
+    lock = threading.Lock()
+    done = [0]
+
+    def finish(n, res):
+        with lock:
+            results[n] = res
+            done[0] += 1
+            if progress:
+                progress(done[0], count, res)
+
+    todo = list(range(count))
+    while todo:  # serial while tasks are fast (the first one also pays Triton's start-up)
+        n = todo.pop(0)
+        t0 = time.monotonic()
+        finish(n, local(n))
+        if jobs > 1 and n > 0 and time.monotonic() - t0 > _SLOW_COMPILE_S and len(todo) > 2:
+            break
+    if todo:
+        _run_pool(todo, jobs - 1, local, remote, failed, finish)
+    return results
+
+
+def _run_pool(todo, workers, local, remote, failed, finish) -> None:
+    """Workers compute `todo` from the front while this process computes from the back."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, wait
 
@@ -284,27 +319,25 @@ def _run_pool(tasks, todo, workers, finish) -> None:
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {}
         for n in todo:
-            case, idx, cc = tasks[n]
-            fut = pool.submit(_compile_remote, case.family, idx, _kernel_name(case), case.label, cc)
-            fut.add_done_callback(lambda f, n=n: _collect(f, n, tasks, finish))
+            fn, args = remote(n)
+            fut = pool.submit(fn, *args)
+            fut.add_done_callback(lambda f, n=n: _collect(f, n, failed, finish))
             futures[n] = fut
         for n in reversed(todo):
             if not futures[n].cancel():  # the workers got here first
                 break
-            finish(n, compile_case(tasks[n][0], tasks[n][2]))
+            finish(n, local(n))
         wait([f for f in futures.values() if not f.cancelled()])
 
 
-def _collect(fut, n, tasks, finish) -> None:
+def _collect(fut, n, failed, finish) -> None:
     if fut.cancelled():
         return
     try:
-        rep = fut.result()
-    except Exception as e:  # a crashed worker fails its case, not the whole run
-        case, _, cc = tasks[n]
-        rep = CompileReport(case.family, _kernel_name(case), case.label, cc,
-                            error=f"worker failed: {type(e).__name__}: {e}"[:300])
-    finish(n, rep)
+        res = fut.result()
+    except Exception as e:  # a crashed worker fails its task, not the whole run
+        res = failed(n, e)
+    finish(n, res)
 
 
 def default_triton_cache() -> Path:

@@ -43,16 +43,21 @@ def test_demo_embedded_minilm():
     assert set(rows) == {"float16", "nf4", "ternary"}, p.stdout
     assert "all-MiniLM-L6-v2" in p.stdout and "pooling: mean" in p.stdout
     assert ("Triton interpreter" in p.stdout) == (not torch.cuda.is_available())
-    _, bits, size, cos_mean, cos_min, nn_agree, err, _, _ = rows["nf4"]
+    _, grouping, bits, size, cos_mean, cos_min, nn_agree, err, _, _ = rows["nf4"]
+    assert grouping == "g64" and rows["ternary"][1] == "tensor-γ"
     assert float(bits) == pytest.approx(4.25) and float(size) == pytest.approx(4.25 / 16, abs=1e-3)
     assert float(cos_mean) > 0.95 and float(cos_min) > 0.9  # observed 0.974 / 0.967
     assert nn_agree == "8/8"
     assert float(err) < KERNEL_TOL
-    _, bits, _, cos_mean, _, nn_agree, err, _, _ = rows["ternary"]
+    _, _, bits, _, cos_mean, _, nn_agree, err, _, _ = rows["ternary"]
     assert float(bits) == pytest.approx(2.0, abs=1e-3)  # 2-bit codes + one fp32 gamma per layer
     assert 0 <= float(cos_mean) <= 1 and nn_agree.endswith("/8")  # ternary without training is poor
     assert float(err) < KERNEL_TOL
-    assert float(rows["float16"][3]) > 0.999
+    assert float(rows["float16"][4]) > 0.999
+    # the legend explains every column and why post-training ternary is poor
+    for words in ("quant s:", "fwd s:", "NN agree:", "coarse retrieval check", "grouping:",
+                  "expected to wreck the embeddings"):
+        assert words in p.stdout, words
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +85,9 @@ def test_demo_local_model_and_group_size_fallback(tiny_llama_dir):
     assert "pooling: last token" in p.stdout
     assert "group_size 32 for int*/nf4" in p.stdout  # K = 96 is not divisible by 64
     for name, cells in rows.items():
-        assert float(cells[6]) < 1e-4, (name, cells)  # fp32 activations: fp32 accumulation only
-        assert -1 <= float(cells[3]) <= 1
+        assert float(cells[7]) < 1e-4, (name, cells)  # fp32 activations: fp32 accumulation only
+        assert -1 <= float(cells[4]) <= 1
+    assert rows["int4"][1] == "g32"
 
 
 def args_for(**kw):

@@ -2,7 +2,9 @@
 
 Timings taken here are never asserted on (they are CPU-interpreter numbers); only their sanity is.
 """
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import re
@@ -38,12 +40,26 @@ def _family_exists(scheme):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("perf")
-    rc = main(["sweep", "--shapes", f"{SHAPE[0]}x{SHAPE[1]}", "--m", ",".join(map(str, MS)),
-               "--schemes", ",".join(SCHEMES), "--out", str(out), "--cpu-reps", "2"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # peers are off by default without a GPU: ask for them
+        rc = main(["sweep", "--shapes", f"{SHAPE[0]}x{SHAPE[1]}", "--m", ",".join(map(str, MS)),
+                   "--schemes", ",".join(SCHEMES), "--out", str(out), "--cpu-reps", "2",
+                   "--peers", ",".join(PEER_NAMES)])
     assert rc == 0
     csvs = list(out.glob("**/*.csv"))
     assert len(csvs) == 1, csvs
-    return {"out": out, "csv": csvs[0], "df": pd.read_csv(csvs[0], keep_default_na=True)}
+    return {"out": out, "csv": csvs[0], "df": pd.read_csv(csvs[0], keep_default_na=True),
+            "stdout": printed.getvalue()}
+
+
+def test_cpu_table_is_labelled_and_holds_lowbit_rows_only(sweep):
+    """Interpreter timings are pipeline checks: the printed table says so and leaves baselines and peers out."""
+    out = sweep["stdout"]
+    assert "CPU-INTERPRETER ARTEFACTS, NOT SPEED" in out
+    lines = out.split("NOT SPEED", 1)[1].splitlines()[1:]
+    table = "\n".join(lines[:next(i for i, ln in enumerate(lines) if "row(s) without timings" in ln or
+                                  ln.startswith(("(CPU", "wrote")))])
+    assert "lowbit" in table and "torch-" not in table and not any(p in table for p in PEER_NAMES), table
 
 
 def test_csv_location_and_columns(sweep):
@@ -201,5 +217,6 @@ def test_arguments_parse():
     assert p.parse_args(["--schemes", "all"]).schemes[0] == "int1"
     grid = cli._resolve(p.parse_args([]), cuda=False)  # no GPU: the tiny interpreter grid
     assert len(grid["shapes"]) == 1 and grid["ms"] == (1, 16) and len(grid["schemes"]) <= 3
+    assert grid["peers"] == ()  # no GPU: no peers unless asked for
     full = cli._resolve(p.parse_args([]), cuda=True)  # GPU: the full benchmark grid
     assert len(full["shapes"]) == 10 and full["ms"] == (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)

@@ -1,30 +1,32 @@
-"""Compile-gate cases of the lookup-table family: heuristic configs of every kernel x dtype."""
+"""Compile-gate cases and static-roofline launch plans of the lookup-table family.
+
+Gate cases are heuristic configs of every kernel x dtype, each recorded from a real call of the
+launch wrapper (lowbit.kernels.plans) on an aligned 4096 x 4096 weight, so the gate compiles the
+specialisation a JIT launch makes (divisibility-by-16 attributes, an M of 1 as a constant).
+"""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
-from ...formats import FLOAT_DTYPES, values_per_word
-from ..base import AotCase, KernelConfig, triton_dtype
+from ...formats import FLOAT_DTYPES, QuantizedWeight
+from ..base import AotCase, KernelCall, KernelPath, triton_dtype
+from ..plans import LoopFacts, gate_case, plan_launches, torch_op_plan
 from . import configs as cfgs
 from .kernels import _lut_gemm_kernel, _lut_gemv_kernel, _lut_outlier_kernel
-from .launch import OUTLIER_BLOCK_M, OUTLIER_BLOCK_NNZ, OUTLIER_WARPS
 
-_AOT_SCHEMES = (("lut3", 3, False, False), ("lut4", 4, False, False), ("nf4", 4, True, False),
-                ("sq3", 3, False, True))
+GATE_N = GATE_K = 4096
+_AOT_SCHEMES = (("lut3", False), ("lut4", False), ("nf4", False), ("sq3", True))
+# launch.tile_outliers (sq GEMM path) runs about 25 torch ops over the nnz outliers (arange,
+# searchsorted, clamps, compares, integer division, where, a stable sort, gathers, casts); summing
+# the bytes each reads and writes gives about 400 bytes per outlier (a radix sort's passes included)
+TILE_OUTLIER_OPS = 25
+TILE_OUTLIER_BYTES_PER_NNZ = 400
 
 
-def _dense_signature(x_dt: str, out_dt: str, nf4: bool, gemv: bool) -> dict:
-    sig = {"x_ptr": f"*{x_dt}", "qw_ptr": "*i32", "tab_ptr": "*fp32" if nf4 else "*fp16",
-           "scale_ptr": "*fp16" if nf4 else "*i32", "bias_ptr": f"*{x_dt}", "out_ptr": f"*{out_dt}"}
-    if not gemv:
-        sig.update({"tile_ptr": "*i32", "kl_ptr": "*i32", "nl_ptr": "*i32", "sv_ptr": "*fp16"})
-    sig.update({"M": "i32", "N": "i32", "K": "i32"})
-    if gemv:
-        sig["KW"] = "i32"
-    sig.update({"stride_xm": "i32", "stride_om": "i32", "stride_on": "i32", "tab_stride_n": "i32"})
-    if gemv:
-        sig["words_per_split"] = "i32"
-    return sig
+def _call(scheme: str, m: int, path: KernelPath, dtype: torch.dtype, cfg) -> KernelCall:
+    return KernelCall(scheme, GATE_N, GATE_K, m, path, dtype, cfg, bias=True)
 
 
 def aot_cases() -> list[AotCase]:
@@ -32,46 +34,77 @@ def aot_cases() -> list[AotCase]:
 
 
 def _cases():
-    """35 specialisations: lut3, lut4 and nf4 (g64) x GEMV/GEMM heuristic configs x fp16/bf16/fp32; sq3's
-    GEMM with fused tile outliers (fp16, fp32); the GEMV-path outlier pass (fp16, fp32)."""
-    for label, bits, nf4, sq in _AOT_SCHEMES:
-        group = 64 if nf4 else 0
+    """lut3, lut4 and nf4 (g64) x GEMV/GEMM heuristic configs x fp16/bf16/fp32; sq3's GEMM with fused
+    tile outliers (fp16, fp32); the GEMV-path outlier pass (fp16, fp32)."""
+    gemv, gemm = KernelPath.GEMV, KernelPath.GEMM
+    for scheme, sq in _AOT_SCHEMES:
+        qw = QuantizedWeight.empty(scheme, (GATE_N, GATE_K))
         for dt in FLOAT_DTYPES:
             x_dt = triton_dtype(dt)
-            # heuristic configs at a 4096 x 4096 weight: M = 1 without split-K (direct store),
-            # M = 1 and M = 8 with split-K (fp32 atomics); other dtypes at M = 1
-            gemv_cfgs = [cfgs.gemv_heuristic(1, 4096, 4096, bits, group)]
-            gemv_cfgs[0] = KernelConfig(**dict(gemv_cfgs[0].to_dict(), split_k=1))
-            if dt is torch.float16:
-                gemv_cfgs += [cfgs.gemv_heuristic(1, 4096, 4096, bits, group), cfgs.gemv_heuristic(8, 4096, 4096, bits, group)]
-            for cfg in gemv_cfgs if not sq else ():  # sq's GEMV is lut's GEMV plus the pass below
-                atomic = cfg.split_k > 1
-                sig = _dense_signature(x_dt, "fp32" if atomic else x_dt, nf4, gemv=True)
-                bk = max(cfg.block_k, cfgs.slots(bits))
-                consts = dict(BITS=bits, VPW=values_per_word(bits), SLOTS=cfgs.slots(bits), GROUP=group, HAS_SCALE=nf4,
-                              SCALE_ROW=cfgs.scale_row(group, bk // cfgs.slots(bits) * values_per_word(bits)),
-                              HAS_BIAS=True, ATOMIC=atomic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk)
-                sig.update({c: "constexpr" for c in consts})
-                yield AotCase("lut", _lut_gemv_kernel, sig, consts, cfg, f"gemv {label} {x_dt} {cfg.label()}")
-            gemm_cfgs = [cfgs.gemm_heuristic(33, dt)] if dt is torch.float32 else [
-                cfgs.gemm_heuristic(16, dt), cfgs.gemm_heuristic(4096, dt)]
+            # M = 1 without split-K (direct store), M = 1 and M = 8 with the heuristic's split-K (fp32
+            # atomics, then a cast copy); other dtypes at M = 1
+            ms = [(1, 1)] + ([(1, None), (8, None)] if dt is torch.float16 else [])
+            for m, split in ms if not sq else ():  # sq's GEMV is lut's GEMV plus the pass below
+                cfg = cfgs.heuristic(gemv, m, qw, dt)
+                if split is not None:
+                    cfg = dataclasses.replace(cfg, split_k=split)
+                yield gate_case(_call(scheme, m, gemv, dt, cfg), _lut_gemv_kernel,
+                                f"gemv {scheme} {x_dt} m{m} {cfg.label()}")
+            ms = [33] if dt is torch.float32 else [16, 4096]
             if sq and dt is torch.bfloat16:
-                gemm_cfgs = []
-            for cfg in gemm_cfgs:
-                sig = _dense_signature(x_dt, x_dt, nf4, gemv=False)
-                consts = dict(BITS=bits, VPW=values_per_word(bits), GROUP=group, HAS_SCALE=nf4,
-                              SCALE_ROW=cfgs.scale_row(group, cfg.block_k), HAS_BIAS=True,
-                              IEEE_DOT=dt is torch.float32, HAS_SPARSE=sq, SPARSE_CHUNK=cfgs.SPARSE_CHUNK,
-                              BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
-                sig.update({c: "constexpr" for c in consts})
+                ms = []
+            for m in ms:
+                cfg = cfgs.heuristic(gemm, m, qw, dt)
                 # fp32 activations use exact ieee dots, which run on FMA units, not tensor cores
-                yield AotCase("lut", _lut_gemm_kernel, sig, consts, cfg, f"gemm {label} {x_dt} {cfg.label()}",
-                              expects_tensor_cores=dt is not torch.float32)
+                yield gate_case(_call(scheme, m, gemm, dt, cfg), _lut_gemm_kernel,
+                                f"gemm {scheme} {x_dt} m{m} {cfg.label()}", expects_tensor_cores=dt is not torch.float32)
     for dt in (torch.float16, torch.float32):
-        x_dt = triton_dtype(dt)
-        sig = {"x_ptr": f"*{x_dt}", "row_ptr_ptr": "*i32", "col_ptr": "*i32", "val_ptr": "*fp16", "acc_ptr": "*fp32",
-               "M": "i32", "N": "i32", "K": "i32", "NNZ": "i32", "stride_xm": "i32", "stride_am": "i32",
-               "search_steps": "i32", "BLOCK_NNZ": "constexpr", "BLOCK_M": "constexpr"}
-        cfg = KernelConfig(OUTLIER_BLOCK_M, 1, OUTLIER_BLOCK_NNZ, 1, 1, OUTLIER_WARPS, 1)
-        yield AotCase("lut", _lut_outlier_kernel, sig, dict(BLOCK_NNZ=OUTLIER_BLOCK_NNZ, BLOCK_M=OUTLIER_BLOCK_M),
-                      cfg, f"csr outliers {x_dt}")
+        qw = QuantizedWeight.empty("sq3", (GATE_N, GATE_K))
+        cfg = cfgs.heuristic(gemv, 1, qw, dt)
+        yield gate_case(_call("sq3", 1, gemv, dt, cfg), _lut_outlier_kernel, f"csr outliers {triton_dtype(dt)}")
+
+
+# -- static roofline --------------------------------------------------------------------------------
+def _facts(launch, rec) -> LoopFacts:
+    """Main-loop trips and weights per trip of each lut kernel (see kernels.py)."""
+    a = launch.args
+    if launch.name == "_lut_outlier_kernel":
+        return LoopFacts("outliers", trips=a["search_steps"])
+    unused = (() if a["HAS_SCALE"] else ("scale_ptr",)) + (() if a["HAS_BIAS"] else ("bias_ptr",))
+    if launch.name == "_lut_gemv_kernel":
+        words = a["BLOCK_K"] // a["SLOTS"]  # words per K step
+        steps = -(-a["KW"] // words)
+        return LoopFacts("gemv", trips=steps / launch.grid[1], weights_per_iteration=a["BLOCK_N"] * words * a["VPW"],
+                         main=True, unused=unused)
+    bk, bn = a["BLOCK_K"], a["BLOCK_N"]
+    inner = None
+    if a["HAS_SPARSE"]:  # one-hot chunks of a tile's outliers, inside the K loop
+        tiles = -(-a["N"] // bn) * -(-a["K"] // bk)
+        inner = -(-a["sv_ptr"].numel() // (tiles * a["SPARSE_CHUNK"]))
+    else:
+        unused += ("tile_ptr", "kl_ptr", "nl_ptr", "sv_ptr")
+    return LoopFacts("gemm", trips=-(-a["K"] // bk), weights_per_iteration=bn * bk, inner_trips=inner, main=True,
+                     unused=unused)
+
+
+def _torch_ops(rec) -> list:
+    """The wrapper's torch launches: zeroing the fp32 split-K accumulator, the cast copy into the
+    output, and the per-tile regrouping of sq outliers on the GEMM path."""
+    out = []
+    for ln in rec.launches:
+        target = ln.args.get("out_ptr")
+        if ln.name == "_lut_gemv_kernel" and ln.args["ATOMIC"]:
+            out.append(torch_op_plan("zero fp32 accumulator", target.numel() * 4))
+        if ln.name == "_lut_gemm_kernel" and ln.args["HAS_SPARSE"]:
+            nnz = ln.args["sv_ptr"].numel()
+            out.append(torch_op_plan("regroup outliers by tile (torch ops)", TILE_OUTLIER_BYTES_PER_NNZ * nnz,
+                                     launches=TILE_OUTLIER_OPS))
+        if ln.name in ("_lut_gemv_kernel", "_lut_gemm_kernel") and target is not rec.out:
+            out.append(torch_op_plan("cast copy fp32 -> output",
+                                     target.numel() * target.element_size() + rec.out.numel() * rec.out.element_size()))
+    return out
+
+
+def launch_plans(family, qw, m, path, dtype, config):
+    """GEMV (+ zeroing, + outlier pass, + cast copy) or GEMM (+ sq outlier regrouping)."""
+    return plan_launches(family, qw, m, path, dtype, config, _facts, _torch_ops)

@@ -215,5 +215,10 @@ class LutFamily(KernelFamily):
 
         return aot_cases()
 
+    def launch_plans(self, qw, m, path, dtype, config):
+        from .aot import launch_plans
+
+        return launch_plans(self, qw, m, path, dtype, config)
+
 
 FAMILY = LutFamily()

@@ -172,5 +172,10 @@ class SignFamily(KernelFamily):
 
         return aot_cases()
 
+    def launch_plans(self, qw, m, path, dtype, config):
+        from .aot import launch_plans
+
+        return launch_plans(self, qw, m, path, dtype, config)
+
 
 FAMILY = SignFamily()

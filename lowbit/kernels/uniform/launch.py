@@ -119,5 +119,10 @@ class UniformFamily(KernelFamily):
 
         return aot_cases()
 
+    def launch_plans(self, qw, m, path, dtype, config):
+        from .aot import launch_plans
+
+        return launch_plans(self, qw, m, path, dtype, config)
+
 
 FAMILY = UniformFamily()
