@@ -83,17 +83,26 @@ def lowrank_project_rows(x_ptr, b_ptr, u_ptr, rm, M, K, stride_xm, pid_n, pid_s,
 
 
 @triton.jit
-def lowrank_apply(acc, u_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R: tl.constexpr, USE_DOT: tl.constexpr):
+def lowrank_apply(acc, u_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R: tl.constexpr, USE_DOT: tl.constexpr,
+                  F16_DOT: tl.constexpr):
     """Epilogue of the fused term: acc [BM, BN] + t . A[rn, :]^T with t = sum_s u[s, rm, :] (fixed order).
 
     u is the fp32 workspace [split, M, R] (split = 1 for a precomputed t = x B^T); A [N, R] is read
-    once per output tile. USE_DOT: a tensor-core dot (BM, BN >= 16; tf32x3, about fp32's accuracy);
-    else CUDA-core multiply-adds, for decode tiles with few rows.
+    once per output tile. USE_DOT: a tensor-core dot (BM, BN >= 16), with F16_DOT in fp16 (fp16 A;
+    each row of t scaled by its largest |value| first, so it cannot overflow and keeps 11 bits
+    relative to that value; the scale is applied to the fp32 result), else as tf32x3 (about fp32's
+    accuracy, but three tf32 passes plus operand splitting). Without USE_DOT: CUDA-core
+    multiply-adds, for decode tiles with few rows.
     """
     rr = tl.arange(0, BLOCK_R)
     t = sum_splits(u_ptr, rm, rr, M, R, split, tl.zeros((rm.shape[0], BLOCK_R), dtype=tl.float32))
     at = tl.load(a_ptr + rn.to(tl.int64)[None, :] * R + rr[:, None], mask=(rr < R)[:, None] & (rn < N)[None, :],
-                 other=0.0).to(tl.float32)  # A^T tile [BLOCK_R, BN]
+                 other=0.0)  # A^T tile [BLOCK_R, BN]
     if USE_DOT:
-        return tl.dot(t, at, acc, input_precision="tf32x3")
-    return acc + tl.sum(t[:, :, None] * at[None, :, :], axis=1)
+        if F16_DOT:
+            amax = tl.max(tl.abs(t), axis=1)
+            scale = tl.where(amax > 0, amax, 1.0)
+            part = tl.dot((t / scale[:, None]).to(tl.float16), at.to(tl.float16))
+            return acc + part * scale[:, None]
+        return tl.dot(t, at.to(tl.float32), acc, input_precision="tf32x3")
+    return acc + tl.sum(t[:, :, None] * at.to(tl.float32)[None, :, :], axis=1)

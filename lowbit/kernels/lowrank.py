@@ -13,10 +13,11 @@ This costs two extra launches, a second read of x and a read and write of y, so 
 far from the fused target (perf/NOTES.md, "low-rank term", has the design of the fused version).
 Dots: the projection runs fp16 tensor-core dots when x and B are fp16 (exact products, fp32
 accumulation), otherwise fp32 operands as three tf32 passes (``input_precision="tf32x3"``, about
-fp32's accuracy, on tensor cores); the expansion always runs tf32x3, since t has no fp16-safe range.
-(An exact "ieee" FMA dot there spills once y is fp32: 4 KiB a thread at 64x64 tiles, in the compile
-gate.) The Triton interpreter computes every dot exactly. No host synchronisation, no atomics,
-deterministic.
+fp32's accuracy, on tensor cores). The expansion scales each row of t by its largest |value| and
+dots in fp16 for fp16/bf16 outputs (t has no fp16-safe range unscaled), and runs tf32x3 for fp32
+outputs. (An exact "ieee" FMA dot there spills once y is fp32: 4 KiB a thread at 64x64 tiles, in
+the compile gate.) The Triton interpreter computes every dot exactly, after the same roundings of
+its operands. No host synchronisation, no atomics, deterministic.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ import triton
 import triton.language as tl
 
 from ..formats import QuantizedWeight
-from .base import (DEFAULT_SMS, AotCase, KernelConfig, LaunchPlan, aligned_args, dtype_tag, on_interpreter,
-                   triton_dtype)
+from .base import DEFAULT_SMS, AotCase, KernelConfig, LaunchPlan, dtype_tag, on_interpreter, triton_dtype
 from .jit import lowrank_apply, store_tile
 
 __all__ = ["LowrankConfig", "add_lowrank", "lowrank_add", "heuristic", "aot_cases", "launch_plans",
@@ -60,19 +60,28 @@ def block_r(rank: int) -> int:
     return max(MIN_DOT, triton.next_power_of_2(rank))
 
 
-def heuristic(m: int, n: int, k: int, rank: int, on_cpu_interpreter: bool = False) -> LowrankConfig:
-    """Tiles for an [m, K] x and rank r: enough K splits to fill about two waves at small M."""
-    bm = min(32, max(MIN_DOT, triton.next_power_of_2(m)))
+def heuristic(m: int, n: int, k: int, rank: int, on_cpu_interpreter: bool = False,
+              dtype: torch.dtype = torch.float16) -> LowrankConfig:
+    """Tiles for an [m, K] x of `dtype` and rank r: enough K splits to fill about two waves at small M.
+
+    Chosen with the compile gate (no spills on sm_80/sm_90 up to r = 64) and the static model
+    (perf/lowrank_roofline.py): at M = 4096 fp16, 64x128 expansion tiles come within 10 % of the
+    bytes floor where 32x64 ones issue twice as many instructions; fp32 operands (tf32x3 dots)
+    need the smaller tiles.
+    """
     if on_cpu_interpreter:  # few, large programs: the interpreter pays per program and per K step
         return LowrankConfig(block_m=min(64, max(MIN_DOT, triton.next_power_of_2(m))),
                              block_n=min(256, max(MIN_DOT, triton.next_power_of_2(n))),
                              block_k=min(256, max(MIN_DOT, triton.next_power_of_2(k))), split=1)
-    # 32-row tiles with a 64-wide K step (projection) and 64 columns (expansion) keep fp32 operands in
-    # registers up to r = 64 on sm_80 and sm_90 (larger ones spill with tf32x3 dots: the compile gate)
-    bk = 128 if bm == MIN_DOT else 64
+    if m <= MIN_DOT:
+        bm, bn, bk, warps = MIN_DOT, 128, 128, 4
+    elif dtype == torch.float16:
+        bm, bn, bk, warps = 64, 128, 64, 8
+    else:
+        bm, bn, bk, warps = 32, 64, 64, 4
     m_tiles = triton.cdiv(m, bm)
     split = max(1, min(triton.cdiv(k, bk), (2 * DEFAULT_SMS) // m_tiles))
-    return LowrankConfig(block_m=bm, block_n=64, block_k=bk, split=split, num_warps=4)
+    return LowrankConfig(block_m=bm, block_n=bn, block_k=bk, split=split, num_warps=warps)
 
 
 @triton.jit
@@ -104,7 +113,8 @@ def _lowrank_project_kernel(x_ptr, b_ptr, ws_ptr, M, K, R, stride_xm, k_per_spli
 
 @triton.jit
 def _lowrank_expand_kernel(ws_ptr, a_ptr, y_ptr, out_ptr, M, N, R, split, stride_ym, stride_om,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+                           F16_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_R: tl.constexpr):
     """out[rm, rn] = y[rm, rn] + (sum_s ws[s, rm, :]) . A[rn, :]^T in fp32 (out may be y itself)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -112,8 +122,14 @@ def _lowrank_expand_kernel(ws_ptr, a_ptr, y_ptr, out_ptr, M, N, R, split, stride
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     y = tl.load(y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :], mask=mask, other=0.0)
-    acc = lowrank_apply(y.to(tl.float32), ws_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R, True)
+    acc = lowrank_apply(y.to(tl.float32), ws_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R, True, F16_DOT)
     store_tile(out_ptr, acc, rm, rn, M, N, stride_om, 1)
+
+
+def expand_f16(out_dtype: torch.dtype, factor_dtype: torch.dtype) -> bool:
+    """Whether the expansion dots in fp16 (row-scaled t): fp16/bf16 outputs with fp16 factors. fp32 outputs,
+    and fp32 factors (stored only for weights too small for fp16), keep tf32x3."""
+    return out_dtype != torch.float32 and factor_dtype == torch.float16
 
 
 def workspace_numel(m: int, rank: int, config: LowrankConfig) -> int:
@@ -135,8 +151,8 @@ def _run(x2d: torch.Tensor, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, o
         x2d, b, ws, m, k, r, x2d.stride(0), per_split, F16_DOT=f16, BLOCK_M=cfg.block_m, BLOCK_R=br,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
     _lowrank_expand_kernel[(triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n))](
-        ws, a, y, out, m, n, r, split, y.stride(0), out.stride(0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_R=br, num_warps=cfg.num_warps)
+        ws, a, y, out, m, n, r, split, y.stride(0), out.stride(0), F16_DOT=expand_f16(y.dtype, a.dtype),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=br, num_warps=cfg.num_warps)
     return out
 
 
@@ -153,7 +169,7 @@ def _lowrank_add_fake(x, a, b, y, config):
 
 def config_for(x2d: torch.Tensor, qw: QuantizedWeight) -> LowrankConfig:
     """The launch tiles for this call (the heuristic; large tiles under the CPU interpreter)."""
-    return heuristic(x2d.shape[0], qw.N, qw.K, qw.lowrank, on_interpreter(x2d))
+    return heuristic(x2d.shape[0], qw.N, qw.K, qw.lowrank, on_interpreter(x2d), x2d.dtype)
 
 
 def add_lowrank(x2d: torch.Tensor, qw: QuantizedWeight, y: torch.Tensor, *, inplace: bool = False,
@@ -171,6 +187,11 @@ def add_lowrank(x2d: torch.Tensor, qw: QuantizedWeight, y: torch.Tensor, *, inpl
 
 
 # -- the compile gate and the static roofline --------------------------------------------------------
+def aligned_args(signature: dict, ints) -> tuple:
+    """The arguments a launch on aligned shapes (dims multiples of 16) specialises: pointers and `ints`."""
+    return tuple(n for n, t in signature.items() if t.startswith("*") or n in ints)
+
+
 # what a JIT launch on aligned shapes (N, K multiples of 16) specialises, besides the pointers
 PROJECT_ALIGNED_INTS = ("K", "stride_xm", "k_per_split")  # k_per_split is a multiple of BLOCK_K
 EXPAND_ALIGNED_INTS = ("N", "stride_ym", "stride_om")
@@ -196,7 +217,8 @@ def _expand_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: Lowran
     act = "*" + triton_dtype(dtype)
     sig = {"ws_ptr": "*fp32", "a_ptr": "*" + triton_dtype(fdtype), "y_ptr": act, "out_ptr": act, "M": "i32",
            "N": "i32", "R": "i32", "split": "i32", "stride_ym": "i32", "stride_om": "i32"}
-    const = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_R=block_r(rank))
+    const = dict(F16_DOT=expand_f16(dtype, fdtype), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                 BLOCK_R=block_r(rank))
     sig.update({c: "constexpr" for c in const})
     kcfg = KernelConfig(block_m=cfg.block_m, block_n=cfg.block_n, block_k=block_r(rank), split_k=1, group_m=1,
                         num_warps=cfg.num_warps, num_stages=1)
@@ -207,15 +229,15 @@ def _expand_case(dtype: torch.dtype, fdtype: torch.dtype, rank: int, cfg: Lowran
 
 
 def aot_cases() -> list[AotCase]:
-    """What the heuristic launches at M = 1 and M = 4096 for ranks 16/32/64, fp16/bf16/fp32 x, fp16 factors
-    (plus fp32 factors once)."""
+    """What the heuristic launches at M = 1 and M = 4096 for fp16/bf16/fp32 x and ranks 16/32/64 with fp16
+    factors, plus fp32 factors once."""
     cases = []
     for m in (1, 4096):
-        cfg = heuristic(m, 8192, 8192, 32)
-        for i, dtype in enumerate((torch.float16, torch.bfloat16, torch.float32)):
-            rank = AOT_RANKS[i]
-            cases += [_project_case(dtype, torch.float16, rank, cfg), _expand_case(dtype, torch.float16, rank, cfg)]
-    cfg = heuristic(1, 8192, 8192, 32)
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            cfg = heuristic(m, 8192, 8192, 32, dtype=dtype)
+            for rank in AOT_RANKS:
+                cases += [_project_case(dtype, torch.float16, rank, cfg), _expand_case(dtype, torch.float16, rank, cfg)]
+    cfg = heuristic(1, 8192, 8192, 32, dtype=torch.float32)
     cases += [_project_case(torch.float32, torch.float32, 32, cfg), _expand_case(torch.float32, torch.float32, 32, cfg)]
     return cases
 
@@ -227,7 +249,7 @@ def launch_plans(qw: QuantizedWeight, m: int, dtype: torch.dtype, config: Lowran
     if not r:
         return []
     n, k = qw.shape
-    cfg = config or heuristic(m, n, k, r)
+    cfg = config or heuristic(m, n, k, r, dtype=dtype)
     fdtype = qw["lowrank_a"].dtype
     fsize, xsize = torch.empty(0, dtype=fdtype).element_size(), torch.empty(0, dtype=dtype).element_size()
     per_split = triton.cdiv(triton.cdiv(k, cfg.split), cfg.block_k) * cfg.block_k

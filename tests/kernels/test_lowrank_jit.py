@@ -43,17 +43,17 @@ def fused_gemv_test_kernel(x_ptr, w_ptr, b_ptr, ws_ptr, u_ptr, M, N, K, R, k_per
 @triton.jit
 def fused_reduce_test_kernel(ws_ptr, u_ptr, a_ptr, out_ptr, M, N, R, split,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                             USE_DOT: tl.constexpr):
+                             USE_DOT: tl.constexpr, F16_DOT: tl.constexpr):
     """out = sum_s ws[s] + (sum_s u[s]) A^T: the split-K reduce with the low-rank epilogue."""
     pid_n = tl.program_id(0)
     rm = tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = sum_splits(ws_ptr, rm, rn, M, N, split, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
-    acc = lowrank_apply(acc, u_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R, USE_DOT)
+    acc = lowrank_apply(acc, u_ptr, a_ptr, rm, rn, M, N, R, split, BLOCK_R, USE_DOT, F16_DOT)
     store_tile(out_ptr, acc, rm, rn, M, N, N, 1)
 
 
-def fused_linear(x, qw, block_n, block_k, split, use_dot):
+def fused_linear(x, qw, block_n, block_k, split, use_dot, f16_dot=False):
     """y = x W^T for a weight with a low-rank term, W_hat dequantized to fp16 as the stand-in main loop."""
     m, k = x.shape
     n, r = qw.N, qw.lowrank
@@ -72,22 +72,23 @@ def fused_linear(x, qw, block_n, block_k, split, use_dot):
     assert bool(torch.isfinite(u).all()), "a rank row of some split was not written"
     fused_reduce_test_kernel[(num_n,)](ws, u, qw["lowrank_a"], out, m, n, r, split, BLOCK_M=block_m,
                                        BLOCK_N=block_n, BLOCK_R=max(16, triton.next_power_of_2(r)),
-                                       USE_DOT=use_dot)
+                                       USE_DOT=use_dot, F16_DOT=f16_dot)
     return out, w_hat
 
 
-@pytest.mark.parametrize("m,n,k,r,block_n,split,use_dot", [
-    pytest.param(1, 72, 160, 4, 16, 3, False, id="m1-rtile1-split3"),  # 5 N tiles, r = 4: tiles 0..3 own 1 row
-    pytest.param(1, 72, 160, 8, 16, 3, False, id="m1-rtile2-split3"),  # 5 N tiles, r = 8: tiles 0..3 own 2 rows
-    pytest.param(3, 72, 160, 5, 32, 2, False, id="m3-rtile2-ragged"),  # 3 tiles own 2 rows each, r = 5
-    pytest.param(2, 40, 96, 30, 16, 1, False, id="m2-rtile16-nosplit"),  # 3 tiles, 30 rows: 16 per tile
-    pytest.param(4, 72, 160, 12, 16, 4, True, id="m4-dot-epilogue"),
+@pytest.mark.parametrize("m,n,k,r,block_n,split,use_dot,f16_dot", [
+    pytest.param(1, 72, 160, 4, 16, 3, False, False, id="m1-rtile1-split3"),  # 5 N tiles, r = 4: tiles 0..3 own 1 row
+    pytest.param(1, 72, 160, 8, 16, 3, False, False, id="m1-rtile2-split3"),  # 5 N tiles, r = 8: tiles 0..3 own 2 rows
+    pytest.param(3, 72, 160, 5, 32, 2, False, False, id="m3-rtile2-ragged"),  # 3 tiles own 2 rows each, r = 5
+    pytest.param(2, 40, 96, 30, 16, 1, False, False, id="m2-rtile16-nosplit"),  # 3 tiles, 30 rows: 16 per tile
+    pytest.param(4, 72, 160, 12, 16, 4, True, False, id="m4-tf32x3-epilogue"),
+    pytest.param(4, 72, 160, 12, 16, 4, True, True, id="m4-f16-epilogue"),
 ])
-def test_fused_decode_design_matches_the_reference(m, n, k, r, block_n, split, use_dot, device):
+def test_fused_decode_design_matches_the_reference(m, n, k, r, block_n, split, use_dot, f16_dot, device):
     torch.manual_seed(0)
     qw = lowbit.quantize_weight(torch.randn(n, k), "int3", group_size=32, lowrank=r).to(device)
     x = torch.randn(m, k, device=device, dtype=torch.float16)
-    out, w_hat = fused_linear(x, qw, block_n, 32, split, use_dot)
+    out, w_hat = fused_linear(x, qw, block_n, 32, split, use_dot, f16_dot)
     # W_hat in fp16 is exact for int3 codes times fp16 scales only up to one rounding: compare with the same W_hat
     a, b = qw["lowrank_a"].double(), qw["lowrank_b"].double()
     want = x.double() @ w_hat.double().t() + (x.double() @ b.t()) @ a.t()

@@ -185,3 +185,17 @@ def test_hf_config_takes_the_rank_not_act_scale():
         hf.LowbitConfig("int3", lowrank=16.0)
     with pytest.raises(TypeError, match="cannot hold act_scale"):
         hf.LowbitConfig("int3", lowrank=16, act_scale=torch.ones(64))
+
+
+def test_compile_fullgraph_with_the_term(device):
+    """torch.compile(fullgraph=True): the family's op and the correction's op trace without a graph break."""
+    torch._dynamo.reset()
+    try:
+        m = lowbit.quantize_(toy(device=device), "int4", group_size=32, lowrank=4)
+        x = torch.randn(5, 64, device=device)
+        with torch.no_grad():
+            y = m(x)
+            yc = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+        assert torch.equal(yc, y)
+    finally:
+        torch._dynamo.reset()
