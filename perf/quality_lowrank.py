@@ -149,14 +149,14 @@ def run(schemes, ranks, backend: str = "reference", dtype=torch.float32, max_len
 
 def markdown(rows) -> str:
     """One line per (scheme, rank): bits and the three variants' mean / min cosine."""
-    lines = ["| scheme | r | bits/w | plain mean / min | aware mean / min | aware, held-out calib. mean / min |",
+    lines = ["| scheme | r | bits/w | plain: mean / min | aware: mean / min | aware, held-out calibration: mean / min |",
              "|---|---|---|---|---|---|"]
     keyed = {}
     for r in rows:
         label = r["scheme"] + (f" g{r['options']['group_size']}" if "group_size" in r["options"] else "")
         keyed.setdefault((label, r["rank"]), {})[r["variant"]] = r
     for (label, rank), v in keyed.items():
-        cells = [f"{v[k]['cos_mean']:.4f} / {v[k]['cos_min']:.4f}" if k in v else "=" for k in VARIANTS]
+        cells = [f"{v[k]['cos_mean']:.4f} / {v[k]['cos_min']:.4f}" if k in v else "(as plain)" for k in VARIANTS]
         lines.append(f"| {label} | {rank} | {v['plain']['bits']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
