@@ -4,19 +4,31 @@ Register counts behind the tile limits come from the compile gate (no spills on 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 
-from ...formats import NF4Spec, QuantizedWeight, packed_words, values_per_word
+from ...formats import OUTLIER_TILE, NF4Spec, QuantizedWeight, packed_words, values_per_word
 from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem
 
 SPARSE_CHUNK = 32  # outliers scattered into a GEMM tile per one-hot dot
-INTERP_SPARSE_CHUNK = 256  # under the CPU interpreter: each chunk is a step with fixed overhead
+INTERP_SPARSE_CHUNK = 64  # under the CPU interpreter: each chunk is a step with fixed overhead
+FINISH_BLOCK_M = 8  # the finish kernel's tile (split-K sum, outliers, bias, cast)
+FINISH_BLOCK_N = 128
+FINISH_WARPS = 4
+GEMV_SPLITS = (1, 2, 4, 8, 16)
+GEMM_SPLITS = (1, 2, 4, 8)
 
 
-def slots(bits: int) -> int:
-    """Lanes per packed word in the GEMV tile: codes per word rounded up to a power of two."""
+def lanes(bits: int) -> int:
+    """Rows per packed word in a K tile: codes per word rounded up to a power of two."""
     return triton.next_power_of_2(values_per_word(bits))
+
+
+def tile_span(bits: int, block_k: int) -> int:
+    """Inputs k one K tile of `block_k` rows covers."""
+    return max(block_k // lanes(bits), 1) * values_per_word(bits)
 
 
 def scale_group(qw: QuantizedWeight) -> int:
@@ -26,74 +38,106 @@ def scale_group(qw: QuantizedWeight) -> int:
     return 0
 
 
-def scale_row(group: int, span: int) -> bool:
-    """Whether every K tile of `span` codes (tiles start at multiples of span) sits in one scale group."""
-    return group == 0 or group % span == 0
+def num_k_tiles(k: int, bits: int, block_k: int) -> int:
+    """K tiles of `block_k` rows over K inputs of `bits`-bit codes."""
+    return triton.cdiv(packed_words(k, bits), max(block_k // lanes(bits), 1))
+
+
+def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig) -> tuple[int, int]:
+    """(tiles per split, splits): no split is left empty and the workspace split*M*N stays < 2^31."""
+    tiles = num_k_tiles(k, bits, cfg.block_k)
+    split = max(1, min(cfg.split_k, tiles))
+    while split > 1 and split * m * n >= 2 ** 31:
+        split //= 2
+    per = triton.cdiv(tiles, split)
+    return per, triton.cdiv(tiles, per)
 
 
 def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dtype: torch.dtype) -> str | None:
-    """Why `cfg` cannot run on `path` (None when it can): the shared power-of-two and tl.dot rules."""
-    return common_config_problem(path, cfg)
+    """Why `cfg` cannot run `qw` on `path` (None when it can): the shared rules, a K tile of at least
+    one word, NF4 tiles inside one absmax group, sq GEMM column tiles of whole outlier sub-tiles."""
+    problem = common_config_problem(path, cfg)
+    if problem:
+        return problem
+    if cfg.block_k < lanes(qw.bits):
+        return f"block_k={cfg.block_k} is smaller than one {qw.bits}-bit word ({lanes(qw.bits)} rows)"
+    group = scale_group(qw)
+    if group and tile_span(qw.bits, cfg.block_k) > group:
+        return f"block_k={cfg.block_k} spans more than one absmax group of {group}"
+    if path is KernelPath.GEMM and getattr(qw.spec, "sparse", False) and cfg.block_n % OUTLIER_TILE:
+        return f"sq GEMM tiles need block_n a multiple of {OUTLIER_TILE} (the outlier sub-tile)"
+    return None
 
 
 def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfig:
-    """BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K = 128 slots keeps the 3-D product at <= 64
-    values per thread; NF4 tiles stay inside one absmax group (one vector load per tile);
-    split-K until the grid has ~2 programs per SM, keeping >= 8 K steps per split."""
-    sl = slots(bits)
+    """BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K <= 128 rows keeps the 3-D product at <= 64 values
+    per thread; NF4 tiles stay inside one absmax group; split-K until the grid has ~2 programs per
+    SM, keeping >= 8 K tiles per split."""
+    sl = lanes(bits)
     bm = min(triton.next_power_of_2(max(m, 1)), 8)
     bn = 64 if n >= 64 * 32 else 32
     bk = max(sl, 128 // bm)
     if group:
         bk = max(sl, min(bk, group))
-    steps = triton.cdiv(packed_words(k, bits), bk // sl)
+    steps = num_k_tiles(k, bits, bk)
     blocks = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     split = 1
-    while split < 16 and blocks * split < TARGET_PROGRAMS and steps >= 16 * split:
+    while split < GEMV_SPLITS[-1] and blocks * split < TARGET_PROGRAMS and steps >= 16 * split:
         split *= 2
     return KernelConfig(bm, bn, bk, split, 1, 4, 2)
 
 
-def gemm_heuristic(m: int, dtype: torch.dtype) -> KernelConfig:
-    """Tensor-core tiles growing with M; fp32 (ieee FMA dots) uses small tiles to avoid spills."""
+def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype) -> KernelConfig:
+    """Tensor-core tiles growing with M; small grids split K (fixed-order reduce) up to ~2 waves;
+    fp32 (ieee FMA dots) uses small tiles to avoid spills."""
     if dtype == torch.float32:
-        return KernelConfig(16, 64, 16, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 16, 1, 8, 4, 2)
-    if m <= 32:
-        return KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
-    return KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
+        cfg = KernelConfig(16, 64, 32, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 32, 1, 8, 4, 2)
+    elif m <= 32:
+        cfg = KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
+    else:
+        cfg = KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
+    programs = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    tiles = num_k_tiles(k, bits, cfg.block_k)
+    split = 1
+    while split < GEMM_SPLITS[-1] and programs * split < TARGET_PROGRAMS and tiles >= 16 * split:
+        split *= 2
+    return dataclasses.replace(cfg, split_k=split)
 
 
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
         return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw))
-    return gemm_heuristic(m, dtype)
+    return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype)
 
 
 def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtype) -> list[KernelConfig]:
     """GEMV: per-thread tile of 16..128 values, split-K 1..8; GEMM: tensor-core tiles within the shared
-    budget and 128 accumulator/operand values per thread; fp32 GEMM: small ieee-dot tiles only."""
+    budget and 128 accumulator/operand values per thread, split-K 1..4 for small M tiles; fp32 GEMM:
+    small ieee-dot tiles only. Pruned by config_problem when `qw` is given."""
     out = []
     if path is KernelPath.GEMM and dtype == torch.float32:  # ieee FMA dots: larger tiles spill
-        return [KernelConfig(bm, bn, bk, 1, 8, 4, 2) for bm in (16, 32) for bn in (32, 64) for bk in (16, 32)]
-    if path is KernelPath.GEMV:
-        min_k = slots(qw.bits) if qw is not None else 16
+        out = [KernelConfig(bm, bn, bk, 1, 8, 4, 2) for bm in (16, 32) for bn in (32, 64) for bk in (16, 32)]
+    elif path is KernelPath.GEMV:
         for bm in (1, 2, 4, 8):
             for bn in (32, 64, 128):
                 for bk in (32, 64, 128, 256):
                     for warps in (4, 8):
                         per_thread = bm * bk * bn // (32 * warps)
-                        if bk < min_k or not 16 <= per_thread <= 128:
+                        if not 16 <= per_thread <= 128:
                             continue
                         for split in (1, 2, 4, 8):
                             out.append(KernelConfig(bm, bn, bk, split, 1, warps, 2))
-        return out
-    for bm in (16, 32, 64, 128):
-        for bn in (32, 64, 128, 256):
-            for bk in (32, 64, 128):
-                for warps in (4, 8):
-                    for stages in (2, 3, 4):
-                        smem = stages * (bm * bk + bk * bn) * 2
-                        if smem > SHARED_BUDGET or bm * bn // (32 * warps) > 128 or bk * bn // (32 * warps) > 128:
-                            continue
-                        out.append(KernelConfig(bm, bn, bk, 1, 8, warps, stages))
+    else:
+        for bm in (16, 32, 64, 128):
+            for bn in (32, 64, 128, 256):
+                for bk in (32, 64, 128):
+                    for warps in (4, 8):
+                        for stages in (2, 3, 4):
+                            smem = stages * (bm * bk + bk * bn) * 2
+                            if smem > SHARED_BUDGET or bm * bn // (32 * warps) > 128 or bk * bn // (32 * warps) > 128:
+                                continue
+                            for split in ((1, 2, 4) if bm <= 32 else (1,)):
+                                out.append(KernelConfig(bm, bn, bk, split, 8, warps, stages))
+    if qw is not None:
+        out = [c for c in out if config_problem(path, c, qw, dtype) is None]
     return out
