@@ -1,77 +1,165 @@
-"""Compile-gate cases of the lookup-table family: heuristic configs of every kernel x dtype."""
+"""Compile-gate cases and static-roofline launch plans of the lookup-table family.
+
+:func:`launch_plans` describes every launch of one call exactly as ``launch._run`` makes it,
+with the specialisation a JIT launch on that shape compiles: Triton turns an int argument equal
+to 1 into a constant and marks pointers and ints that are multiples of 16 as divisible by 16
+(see :func:`_specialise`). :func:`aot_cases` is the set of distinct cases of the plans of the
+heuristic configs over the schemes, activation dtypes and batch sizes the gate covers.
+"""
 from __future__ import annotations
 
 import torch
+import triton
 
-from ...formats import FLOAT_DTYPES, values_per_word
-from ..base import AotCase, KernelConfig, triton_dtype
+from ...formats import OUTLIER_TILE, QuantizedWeight, packed_words, values_per_word
+from ..base import AotCase, KernelConfig, KernelPath, LaunchPlan, dtype_tag, triton_dtype
 from . import configs as cfgs
-from .kernels import _lut_gemm_kernel, _lut_gemv_kernel, _lut_outlier_kernel
-from .launch import OUTLIER_BLOCK_M, OUTLIER_BLOCK_NNZ, OUTLIER_WARPS
+from .kernels import _lut_finish_kernel, _lut_gemm_kernel, _lut_gemv_kernel
 
-_AOT_SCHEMES = (("lut3", 3, False, False), ("lut4", 4, False, False), ("nf4", 4, True, False),
-                ("sq3", 3, False, True))
+# (scheme, quantizer options, activation dtype, batch sizes M) the gate compiles at GATE_SHAPE: every
+# kernel x fp16/bf16/fp32 x LUT/NF4 x lut/sq x 3/4-bit, M = 1 (a constant) and larger
+_F16, _BF16, _F32 = torch.float16, torch.bfloat16, torch.float32
+GATE = (
+    ("lut4", {}, _F16, (1, 8, 16, 4096)), ("lut3", {}, _F16, (1, 16, 4096)),
+    ("nf4", {"group_size": 64}, _F16, (1, 8, 16, 4096)), ("nf4", {"group_size": -1}, _F16, (1, 4096)),
+    ("sq3", {}, _F16, (1, 16, 4096)), ("sq4", {}, _F16, (1, 4096)),
+    ("lut4", {}, _BF16, (1, 4096)), ("nf4", {"group_size": 64}, _BF16, (1, 4096)), ("sq4", {}, _BF16, (4096,)),
+    ("lut4", {}, _F32, (1, 33)), ("nf4", {"group_size": 64}, _F32, (3, 33)), ("sq3", {}, _F32, (1, 33)),
+)
+GATE_SHAPE = (4096, 4096)
 
 
-def _dense_signature(x_dt: str, out_dt: str, nf4: bool, gemv: bool) -> dict:
-    sig = {"x_ptr": f"*{x_dt}", "qw_ptr": "*i32", "tab_ptr": "*fp32" if nf4 else "*fp16",
-           "scale_ptr": "*fp16" if nf4 else "*i32", "bias_ptr": f"*{x_dt}", "out_ptr": f"*{out_dt}"}
-    if not gemv:
-        sig.update({"tile_ptr": "*i32", "kl_ptr": "*i32", "nl_ptr": "*i32", "sv_ptr": "*fp16"})
-    sig.update({"M": "i32", "N": "i32", "K": "i32"})
-    if gemv:
-        sig["KW"] = "i32"
-    sig.update({"stride_xm": "i32", "stride_om": "i32", "stride_on": "i32", "tab_stride_n": "i32"})
-    if gemv:
-        sig["words_per_split"] = "i32"
-    return sig
+def _specialise(ints: dict) -> tuple[dict, dict, tuple]:
+    """(signature entries, constexprs, divisible-by-16 names) that a JIT launch gives int arguments:
+    1 becomes a constexpr, a multiple of 16 (0 included) is marked divisible, >= 2^31 is i64."""
+    sig, const, div = {}, {}, []
+    for name, v in ints.items():
+        v = int(v)
+        if v == 1:
+            sig[name] = "constexpr"
+            const[name] = 1
+            continue
+        sig[name] = "i64" if not -2 ** 31 <= v < 2 ** 31 else "i32"
+        if v % 16 == 0:
+            div.append(name)
+    return sig, const, tuple(div)
+
+
+def _case(kernel, label: str, pointers: dict, ints: dict, consts: dict, cfg: KernelConfig,
+          expects_tensor_cores: bool = False) -> AotCase:
+    """An AotCase of `kernel` with every pointer 16-byte aligned and `ints` specialised like a JIT launch."""
+    sig = dict(pointers)
+    isig, iconst, div = _specialise(ints)
+    sig.update(isig)
+    sig.update({name: "constexpr" for name in consts})
+    order = kernel.arg_names
+    sig = {name: sig[name] for name in order}
+    const = dict(consts, **iconst)
+    return AotCase("lut", kernel, sig, const, cfg, label, expects_tensor_cores=expects_tensor_cores,
+                   divisible_by_16=tuple(pointers) + div)
+
+
+def _weight_bytes(qw: QuantizedWeight) -> int:
+    return sum(t.numel() * t.element_size() for name, t in qw.tensors.items()
+               if name in ("qweight", "lut", "absmax"))
+
+
+def _csr_bytes(qw: QuantizedWeight) -> int:
+    return sum(qw[name].numel() * qw[name].element_size() for name in ("row_ptr", "col_idx", "values"))
+
+
+def _tile_bytes(qw: QuantizedWeight) -> int:
+    return sum(qw[name].numel() * qw[name].element_size() for name in ("tile_ptr", "tile_kn", "tile_val"))
+
+
+def launch_plans(qw: QuantizedWeight, m: int, path: KernelPath, dtype: torch.dtype,
+                 config: KernelConfig) -> list[LaunchPlan]:
+    """Every launch of one call y = x W^T (+ bias) for x [m, K] of `dtype` with `config` (see the module
+    docstring); `qw` may hold meta tensors. Bias is assumed present (as nn.Linear layers usually have)."""
+    n, k = qw.shape
+    bits = qw.bits
+    group = cfgs.scale_group(qw)
+    nf4 = "absmax" in qw.tensors
+    sparse = "row_ptr" in qw.tensors
+    nnz = qw["col_idx"].numel() if sparse else 0
+    act = triton_dtype(dtype)
+    xb = torch.empty((), dtype=dtype).element_size()
+    kw = packed_words(k, bits)
+    per_split, split = cfgs.split_plan(m, n, k, bits, config)
+    in_finish = nnz > 0 and path is KernelPath.GEMV
+    to_ws = split > 1 or in_finish
+    span = cfgs.tile_span(bits, config.block_k)
+    vpw = values_per_word(bits)
+    tab = "*fp32" if nf4 else "*" + triton_dtype(qw["lut"].dtype)
+    scale = "*" + triton_dtype(qw["absmax"].dtype) if nf4 else "*i32"
+    consts = dict(BITS=bits, VPW=vpw, LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4, HAS_BIAS=True,
+                  BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k)
+    pointers = {"x_ptr": f"*{act}", "qw_ptr": "*i32", "tab_ptr": tab, "scale_ptr": scale, "bias_ptr": f"*{act}",
+                "out_ptr": f"*{act}", "ws_ptr": "*fp32"}
+    ints = dict(M=m, N=n, K=k, KW_TOTAL=kw, stride_xm=k, stride_om=n, tab_stride_n=0 if nf4 else 2 ** bits,
+                tiles_per_split=per_split, to_ws=int(to_ws))
+    scheme = qw.scheme.value + (f"g{qw.spec.group_size}" if nf4 else "")
+    tag = f"{scheme} {dtype_tag(dtype)} m{m} {config.label()}"
+    threads = 32 * config.num_warps
+    x_bytes = m * k * xb
+    out_bytes = m * n * (4 * split if to_ws else xb)
+    main_bytes = _weight_bytes(qw) + x_bytes + out_bytes + (0 if to_ws else n * xb)
+    plans = []
+    if path is KernelPath.GEMV:
+        case = _case(_lut_gemv_kernel, f"gemv {tag}", pointers, ints, consts, config)
+        grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
+        plans.append(LaunchPlan("gemv", case, grid, threads, per_split, config.block_n * span, main_bytes))
+    else:
+        ptrs = dict(pointers, tile_ptr="*i32", kn_ptr="*i32",
+                    tval_ptr="*" + triton_dtype(qw["tile_val"].dtype) if sparse else "*i32")
+        g_ints = dict(ints, NNZ=nnz)
+        g_consts = dict(consts, IEEE_DOT=dtype == torch.float32, HAS_SPARSE=nnz > 0, SUB=OUTLIER_TILE,
+                        SPARSE_CHUNK=cfgs.SPARSE_CHUNK, GROUP_M=config.group_m)
+        case = _case(_lut_gemm_kernel, f"gemm {tag}", ptrs, g_ints, g_consts, config,
+                     expects_tensor_cores=dtype != torch.float32)
+        grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split)
+        # outliers: about SPAN x BLOCK_N x density of them per K step and column tile, in one chunk
+        inner = None
+        if nnz:
+            inner = float(max(1, triton.cdiv(span, OUTLIER_TILE)))
+        plans.append(LaunchPlan("gemm", case, grid, threads, per_split, config.block_n * span,
+                                main_bytes + (_tile_bytes(qw) if nnz else 0), inner_trips=inner))
+    if to_ws:
+        f_cfg = KernelConfig(cfgs.FINISH_BLOCK_M, cfgs.FINISH_BLOCK_N, 16, 1, 1, cfgs.FINISH_WARPS, 1)
+        f_ptrs = {"ws_ptr": "*fp32", "x_ptr": f"*{act}", "row_ptr_ptr": "*i32", "col_ptr": "*i32",
+                  "val_ptr": "*" + triton_dtype(qw["values"].dtype) if in_finish else "*i32",
+                  "bias_ptr": f"*{act}", "out_ptr": f"*{act}"}
+        f_ints = dict(M=m, N=n, K=k, NNZ=nnz, split_k=split, stride_xm=k, stride_om=n)
+        f_consts = dict(HAS_SPARSE=in_finish, HAS_BIAS=True, BLOCK_M=f_cfg.block_m, BLOCK_N=f_cfg.block_n)
+        case = _case(_lut_finish_kernel, f"finish {tag}", f_ptrs, f_ints, f_consts, f_cfg)
+        grid = (triton.cdiv(n, f_cfg.block_n), triton.cdiv(m, f_cfg.block_m))
+        f_bytes = split * m * n * 4 + m * n * xb + n * xb
+        if in_finish:
+            # the outlier loop: one nonzero of every row of the tile per trip; trips = the densest row of
+            # the tile, estimated here by the mean row (the distribution is not known from shapes)
+            trips = max(1, triton.cdiv(nnz, n))
+            f_bytes += _csr_bytes(qw) + x_bytes
+            plans.append(LaunchPlan("finish + outliers", case, grid, 32 * f_cfg.num_warps, trips, f_cfg.block_n,
+                                    f_bytes))
+        else:
+            plans.append(LaunchPlan("split-K sum", case, grid, 32 * f_cfg.num_warps, split, 0, f_bytes))
+    return plans
 
 
 def aot_cases() -> list[AotCase]:
-    return list(_cases())
+    """The distinct launch cases of the heuristic configs of GATE (the path dispatch picks for each M)."""
+    from .launch import FAMILY
 
-
-def _cases():
-    """35 specialisations: lut3, lut4 and nf4 (g64) x GEMV/GEMM heuristic configs x fp16/bf16/fp32; sq3's
-    GEMM with fused tile outliers (fp16, fp32); the GEMV-path outlier pass (fp16, fp32)."""
-    for label, bits, nf4, sq in _AOT_SCHEMES:
-        group = 64 if nf4 else 0
-        for dt in FLOAT_DTYPES:
-            x_dt = triton_dtype(dt)
-            # heuristic configs at a 4096 x 4096 weight: M = 1 without split-K (direct store),
-            # M = 1 and M = 8 with split-K (fp32 atomics); other dtypes at M = 1
-            gemv_cfgs = [cfgs.gemv_heuristic(1, 4096, 4096, bits, group)]
-            gemv_cfgs[0] = KernelConfig(**dict(gemv_cfgs[0].to_dict(), split_k=1))
-            if dt is torch.float16:
-                gemv_cfgs += [cfgs.gemv_heuristic(1, 4096, 4096, bits, group), cfgs.gemv_heuristic(8, 4096, 4096, bits, group)]
-            for cfg in gemv_cfgs if not sq else ():  # sq's GEMV is lut's GEMV plus the pass below
-                atomic = cfg.split_k > 1
-                sig = _dense_signature(x_dt, "fp32" if atomic else x_dt, nf4, gemv=True)
-                bk = max(cfg.block_k, cfgs.slots(bits))
-                consts = dict(BITS=bits, VPW=values_per_word(bits), SLOTS=cfgs.slots(bits), GROUP=group, HAS_SCALE=nf4,
-                              SCALE_ROW=cfgs.scale_row(group, bk // cfgs.slots(bits) * values_per_word(bits)),
-                              HAS_BIAS=True, ATOMIC=atomic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk)
-                sig.update({c: "constexpr" for c in consts})
-                yield AotCase("lut", _lut_gemv_kernel, sig, consts, cfg, f"gemv {label} {x_dt} {cfg.label()}")
-            gemm_cfgs = [cfgs.gemm_heuristic(33, dt)] if dt is torch.float32 else [
-                cfgs.gemm_heuristic(16, dt), cfgs.gemm_heuristic(4096, dt)]
-            if sq and dt is torch.bfloat16:
-                gemm_cfgs = []
-            for cfg in gemm_cfgs:
-                sig = _dense_signature(x_dt, x_dt, nf4, gemv=False)
-                consts = dict(BITS=bits, VPW=values_per_word(bits), GROUP=group, HAS_SCALE=nf4,
-                              SCALE_ROW=cfgs.scale_row(group, cfg.block_k), HAS_BIAS=True,
-                              IEEE_DOT=dt is torch.float32, HAS_SPARSE=sq, SPARSE_CHUNK=cfgs.SPARSE_CHUNK,
-                              BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)
-                sig.update({c: "constexpr" for c in consts})
-                # fp32 activations use exact ieee dots, which run on FMA units, not tensor cores
-                yield AotCase("lut", _lut_gemm_kernel, sig, consts, cfg, f"gemm {label} {x_dt} {cfg.label()}",
-                              expects_tensor_cores=dt is not torch.float32)
-    for dt in (torch.float16, torch.float32):
-        x_dt = triton_dtype(dt)
-        sig = {"x_ptr": f"*{x_dt}", "row_ptr_ptr": "*i32", "col_ptr": "*i32", "val_ptr": "*fp16", "acc_ptr": "*fp32",
-               "M": "i32", "N": "i32", "K": "i32", "NNZ": "i32", "stride_xm": "i32", "stride_am": "i32",
-               "search_steps": "i32", "BLOCK_NNZ": "constexpr", "BLOCK_M": "constexpr"}
-        cfg = KernelConfig(OUTLIER_BLOCK_M, 1, OUTLIER_BLOCK_NNZ, 1, 1, OUTLIER_WARPS, 1)
-        yield AotCase("lut", _lut_outlier_kernel, sig, dict(BLOCK_NNZ=OUTLIER_BLOCK_NNZ, BLOCK_M=OUTLIER_BLOCK_M),
-                      cfg, f"csr outliers {x_dt}")
+    seen, out = set(), []
+    for scheme, opts, dtype, ms in GATE:
+        qw = QuantizedWeight.empty(scheme, GATE_SHAPE, **opts)
+        for m in ms:
+            path = FAMILY.choose_path(m)
+            for plan in launch_plans(qw, m, path, dtype, FAMILY.heuristic(path, m, qw, dtype)):
+                c = plan.case
+                key = (c.kernel.__name__, tuple(sorted(c.signature.items())), tuple(sorted(c.constexprs.items())),
+                       c.divisible_by_16, c.config)
+                if key not in seen:
+                    seen.add(key)
+                    out.append(c)
+    return out
