@@ -67,8 +67,6 @@ _BITS = {
 VALID_GROUP_SIZES = (32, 64, 128, -1)
 DEFAULT_OUTLIER_FRACTION = 0.0045
 MAX_OUTLIER_FRACTION = 0.1
-# K and N extent of the sub-tiles that sq outliers are also grouped by (see outlier_tiles)
-OUTLIER_TILE = 32
 
 
 def code_bits(scheme: Scheme) -> int:
@@ -266,22 +264,12 @@ class LUTSpec(SpecBase):
         return {"outlier_fraction": self.outlier_fraction} if self.sparse else {}
 
     def tensor_rules(self):
-        """lut3/lut4: codes and a per-row table. sq3/sq4 add the outliers twice: as CSR over rows
-        (row_ptr, col_idx, values: what the small-M kernels read, each row's nonzeros together) and
-        grouped by OUTLIER_TILE x OUTLIER_TILE weight sub-tile (tile_ptr, tile_kn, tile_val: what
-        the large-M kernel reads, see :func:`outlier_tiles`), built once when the weight is made."""
         rules = {"qweight": _CODES, "lut": TensorRule(("N", "L"), FLOAT_DTYPES)}
         if self.sparse:
             rules["row_ptr"] = TensorRule(("N+1",), (torch.int32,))
             rules["col_idx"] = TensorRule(("nnz",), (torch.int32,))
             rules["values"] = TensorRule(("nnz",), FLOAT_DTYPES)
-            rules["tile_ptr"] = TensorRule(("T+1",), (torch.int32,))
-            rules["tile_kn"] = TensorRule(("nnz",), (torch.int32,))
-            rules["tile_val"] = TensorRule(("nnz",), FLOAT_DTYPES)
         return rules
-
-    def dims(self, n: int, k: int) -> dict[str, int]:
-        return {"T+1": outlier_tile_count(n, k) + 1} if self.sparse else {}
 
     def check_scheme(self, scheme):
         if self.bits != code_bits(scheme):
@@ -307,40 +295,6 @@ class LUTSpec(SpecBase):
             ci_c = ci.detach().to("cpu", torch.int64)
             if bool((ci_c < 0).any()) or bool((ci_c >= qw.K).any()):
                 raise ValueError(f"CSR col_idx out of range [0, {qw.K})")
-        want = outlier_tiles(rp, ci, qw.tensors["values"], qw.N, qw.K)
-        for name, t in want.items():
-            if not torch.equal(qw.tensors[name].detach().cpu(), t.cpu()):
-                raise ValueError(f"sq tensor {name!r} does not match the CSR outliers (rebuild it with "
-                                 "lowbit.reference.lut.upgrade_tensors)")
-
-
-def outlier_tile_count(n: int, k: int) -> int:
-    """Number of OUTLIER_TILE x OUTLIER_TILE sub-tiles of an [N, K] weight."""
-    return -(-k // OUTLIER_TILE) * -(-n // OUTLIER_TILE)
-
-
-def outlier_tiles(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor, n: int,
-                  k: int) -> dict[str, torch.Tensor]:
-    """The CSR outliers of an [N, K] weight regrouped by sub-tile, for the large-M kernel.
-
-    Sub-tile t = (col // OUTLIER_TILE) * ceil(N / OUTLIER_TILE) + row // OUTLIER_TILE (K-major, so
-    the sub-tiles a GEMM tile meets at one K step are consecutive). ``tile_ptr`` [T + 1] bounds each
-    sub-tile's run; ``tile_kn`` = row * OUTLIER_TILE + col % OUTLIER_TILE and ``tile_val`` its
-    value, in CSR order within a run. Built on the tensors' device; sorts, so call it once (the
-    quantizer, importers and loaders do), never per forward. Assumes a valid CSR.
-    """
-    dev = col_idx.device
-    nnz = col_idx.numel()
-    nt = -(-n // OUTLIER_TILE)
-    rp = row_ptr.to(torch.int64)
-    rows = torch.repeat_interleave(torch.arange(n, device=dev), rp[1:] - rp[:-1], output_size=nnz)
-    cols = col_idx.to(torch.int64)
-    key = (cols // OUTLIER_TILE) * nt + rows // OUTLIER_TILE
-    key, order = torch.sort(key, stable=True)
-    bounds = torch.arange(outlier_tile_count(n, k) + 1, device=dev, dtype=key.dtype)
-    return {"tile_ptr": torch.searchsorted(key, bounds).to(torch.int32),
-            "tile_kn": (rows * OUTLIER_TILE + cols % OUTLIER_TILE)[order].to(torch.int32),
-            "tile_val": values[order].contiguous()}
 
 
 class ActivationQuant(str, enum.Enum):

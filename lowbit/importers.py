@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .formats import FLOAT_DTYPES, LUTSpec, NF4Spec, QuantizedWeight, Scheme, MAX_OUTLIER_FRACTION, outlier_tiles
+from .formats import FLOAT_DTYPES, LUTSpec, NF4Spec, QuantizedWeight, Scheme, MAX_OUTLIER_FRACTION
 from .reference.packing import pack_codes
 
 
@@ -138,7 +138,6 @@ def from_squeezellm(qweight: torch.Tensor, lookup_table: torch.Tensor, rows: tor
         raise ValueError(f"{nnz} outliers are {frac:.3%} of the weight; lowbit's sq formats allow at most "
                          f"{MAX_OUTLIER_FRACTION:.0%}")
     tensors.update(row_ptr=row_ptr, col_idx=col_idx, values=values)
-    tensors.update(outlier_tiles(row_ptr, col_idx, values, n, k))
     return QuantizedWeight(Scheme.SQ3 if bits == 3 else Scheme.SQ4, LUTSpec(bits=bits, outlier_fraction=frac),
                            (n, k), tensors)
 

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..formats import NF4Spec, QuantizedWeight, UniformSpec, outlier_tiles
+from ..formats import NF4Spec, QuantizedWeight, UniformSpec
 from ..reference import pack_codes, unpack_codes
 
 _N_CHUNK = 4096  # output rows unpacked at a time by a column (K) split, to bound host memory
@@ -197,8 +197,6 @@ def shard(qw: QuantizedWeight, dim: ShardDim | int, rank: int, world: int) -> Qu
     out: dict[str, torch.Tensor] = {}
     if "row_ptr" in rules:
         out.update(_csr_rows(qw, a, b) if dim is ShardDim.OUTPUT else _csr_cols(qw, a, b))
-        part = (b - a, k) if dim is ShardDim.OUTPUT else (n, b - a)
-        out.update(outlier_tiles(out["row_ptr"], out["col_idx"], out["values"], *part))
     group = qw.spec.effective_group(k) if isinstance(qw.spec, (UniformSpec, NF4Spec)) else None
     for name, rule in rules.items():
         if name in out:

@@ -7,16 +7,13 @@ histogram of the row (dynamic programming over HIST_BINS bins), which avoids the
 optima that a quantile start falls into (on MiniLM weights it lowers 4-bit error by ~15%). For sq*, the ``round(outlier_fraction * N * K)`` largest-magnitude weights
 are removed before the k-means and stored exactly (in fp16) as CSR over rows; the table
 of a sparse scheme keeps one entry pinned at exactly 0, and outlier positions carry that
-code, so LUT[n, q] + S reconstructs each outlier as its fp16 value with no rounding. The
-outliers are also stored regrouped by weight sub-tile for the large-M kernel
-(:func:`lowbit.formats.outlier_tiles`); :func:`upgrade_tensors` adds that grouping to the
-tensors of a file written before it existed.
+code, so LUT[n, q] + S reconstructs each outlier as its fp16 value with no rounding.
 """
 from __future__ import annotations
 
 import torch
 
-from ..formats import LUTSpec, outlier_tiles
+from ..formats import LUTSpec
 from .packing import pack_codes, unpack_codes
 
 FP16_MAX = 65504.0  # tables and outliers are stored in fp16
@@ -157,30 +154,7 @@ def quantize(w: torch.Tensor, spec: LUTSpec, sensitivity: torch.Tensor | None = 
         out["row_ptr"] = row_ptr.to(torch.int32)
         out["col_idx"] = cols.to(torch.int32)
         out["values"] = w[rows, cols].to(torch.float16)
-        out.update(outlier_tiles(out["row_ptr"], out["col_idx"], out["values"], n, k))
     out["qweight"] = pack_codes(codes, spec.bits)
-    return out
-
-
-def upgrade_tensors(spec: LUTSpec, shape: tuple[int, int], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of a lut/sq weight in today's layout, from those of an older file.
-
-    Files written before the outliers were stored per sub-tile hold only the CSR tensors of an sq
-    weight; this adds ``tile_ptr``, ``tile_kn`` and ``tile_val`` built from them. Tensors already
-    in today's layout (and every lut3/lut4 weight) come back unchanged. Loaders call it once,
-    before building the QuantizedWeight, which then checks the result.
-    """
-    if not isinstance(spec, LUTSpec):
-        raise TypeError(f"upgrade_tensors takes a LUTSpec, got {type(spec).__name__}")
-    tiles = ("tile_ptr", "tile_kn", "tile_val")
-    if not spec.sparse or all(name in tensors for name in tiles):
-        return dict(tensors)
-    missing = [name for name in ("row_ptr", "col_idx", "values") if name not in tensors]
-    if missing:
-        raise ValueError(f"an sq weight needs its CSR outliers to be upgraded; missing {missing}")
-    n, k = (int(d) for d in shape)
-    out = {name: t for name, t in tensors.items() if name not in tiles}
-    out.update(outlier_tiles(out["row_ptr"], out["col_idx"], out["values"], n, k))
     return out
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import triton
 
-from ...formats import OUTLIER_TILE, QuantizedWeight, packed_words, values_per_word
+from ...formats import QuantizedWeight, packed_words, values_per_word
 from ..base import AotCase, KernelConfig, KernelPath, LaunchPlan, dtype_tag, triton_dtype
 from . import configs as cfgs
-from .kernels import _lut_finish_kernel, _lut_gemm_kernel, _lut_gemv_kernel
+from .kernels import (_lut_dense_gemm_kernel, _lut_dequant_kernel, _lut_finish_kernel, _lut_gemm_kernel,
+                      _lut_gemv_kernel, _lut_scatter_kernel)
 
 # (scheme, quantizer options, activation dtype, batch sizes M) the gate compiles at GATE_SHAPE: every
 # kernel x fp16/bf16/fp32 x LUT/NF4 x lut/sq x 3/4-bit, M = 1 (a constant) and larger
@@ -68,8 +69,38 @@ def _csr_bytes(qw: QuantizedWeight) -> int:
     return sum(qw[name].numel() * qw[name].element_size() for name in ("row_ptr", "col_idx", "values"))
 
 
-def _tile_bytes(qw: QuantizedWeight) -> int:
-    return sum(qw[name].numel() * qw[name].element_size() for name in ("tile_ptr", "tile_kn", "tile_val"))
+def _decode_plans(qw: QuantizedWeight, tag: str, act: str, tab: str, scale: str, nnz: int) -> list[LaunchPlan]:
+    """The launches of launch.decode_weight: the dense decode into an x-dtype [N, K] buffer, then the
+    outlier scatter (sq)."""
+    n, k = qw.shape
+    bits = qw.bits
+    group = cfgs.scale_group(qw)
+    nf4 = "absmax" in qw.tensors
+    xb = {"fp16": 2, "bf16": 2, "fp32": 4}[act]
+    bk = cfgs.dequant_block_k(bits, group)
+    tiles = cfgs.num_k_tiles(k, bits, bk)
+    cfg = KernelConfig(1, cfgs.DEQUANT_BLOCK_N, bk, 1, 1, 4, 1)
+    ptrs = {"qw_ptr": "*i32", "tab_ptr": tab, "scale_ptr": scale, "w_ptr": f"*{act}"}
+    ints = dict(N=n, K=k, KW_TOTAL=packed_words(k, bits), tab_stride_n=0 if nf4 else 2 ** bits,
+                tiles_per_prog=cfgs.DEQUANT_TILES)
+    consts = dict(BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4,
+                  BLOCK_N=cfg.block_n, BLOCK_K=bk)
+    case = _case(_lut_dequant_kernel, f"dequant {tag}", ptrs, ints, consts, cfg)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(tiles, cfgs.DEQUANT_TILES))
+    plans = [LaunchPlan("decode weight", case, grid, 32 * cfg.num_warps, cfgs.DEQUANT_TILES,
+                        cfg.block_n * cfgs.tile_span(bits, bk), _weight_bytes(qw) + n * k * xb)]
+    if nnz:
+        s_cfg = KernelConfig(1, cfgs.SCATTER_BLOCK_N, 16, 1, 1, 4, 1)
+        s_ptrs = {"row_ptr_ptr": "*i32", "col_ptr": "*i32", "val_ptr": "*" + triton_dtype(qw["values"].dtype),
+                  "w_ptr": f"*{act}"}
+        case = _case(_lut_scatter_kernel, f"scatter {tag}", s_ptrs, dict(N=n, K=k, NNZ=nnz),
+                     dict(BLOCK_N=s_cfg.block_n), s_cfg)
+        # trips: the densest row of a program's block, estimated by the mean row; each trip reads and
+        # writes one element of every row (2 sectors of 32 bytes each, counted as moved)
+        trips = max(1, triton.cdiv(nnz, n))
+        plans.append(LaunchPlan("scatter outliers", case, (triton.cdiv(n, s_cfg.block_n),), 32 * s_cfg.num_warps,
+                                trips, s_cfg.block_n, _csr_bytes(qw) + nnz * 2 * 32))
+    return plans
 
 
 def launch_plans(qw: QuantizedWeight, m: int, path: KernelPath, dtype: torch.dtype,
@@ -85,8 +116,9 @@ def launch_plans(qw: QuantizedWeight, m: int, path: KernelPath, dtype: torch.dty
     act = triton_dtype(dtype)
     xb = torch.empty((), dtype=dtype).element_size()
     kw = packed_words(k, bits)
-    per_split, split = cfgs.split_plan(m, n, k, bits, config)
-    in_finish = nnz > 0 and path is KernelPath.GEMV
+    dense = cfgs.decodes_once(path, m, bits, nf4, sparse)
+    per_split, split = cfgs.split_plan(m, n, k, bits, config, dense)
+    in_finish = nnz > 0 and not dense
     to_ws = split > 1 or in_finish
     span = cfgs.tile_span(bits, config.block_k)
     vpw = values_per_word(bits)
@@ -109,23 +141,27 @@ def launch_plans(qw: QuantizedWeight, m: int, path: KernelPath, dtype: torch.dty
         case = _case(_lut_gemv_kernel, f"gemv {tag}", pointers, ints, consts, config)
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         plans.append(LaunchPlan("gemv", case, grid, threads, per_split, config.block_n * span, main_bytes))
-    else:
-        ptrs = dict(pointers, tile_ptr="*i32", kn_ptr="*i32",
-                    tval_ptr="*" + triton_dtype(qw["tile_val"].dtype) if sparse else "*i32")
-        g_ints = dict(ints, NNZ=nnz)
-        g_consts = dict(consts, IEEE_DOT=dtype == torch.float32, HAS_SPARSE=nnz > 0, SUB=OUTLIER_TILE,
-                        SPARSE_CHUNK=cfgs.SPARSE_CHUNK, GROUP_M=config.group_m)
-        case = _case(_lut_gemm_kernel, f"gemm {tag}", ptrs, g_ints, g_consts, config,
+    elif dense:
+        plans += _decode_plans(qw, tag, act, tab, scale, nnz)
+        d_ptrs = {"x_ptr": f"*{act}", "w_ptr": f"*{act}", "bias_ptr": f"*{act}", "out_ptr": f"*{act}",
+                  "ws_ptr": "*fp32"}
+        d_ints = dict(M=m, N=n, K=k, stride_xm=k, stride_om=n, tiles_per_split=per_split, to_ws=int(to_ws))
+        d_consts = dict(HAS_BIAS=True, IEEE_DOT=dtype == torch.float32, BLOCK_M=config.block_m,
+                        BLOCK_N=config.block_n, BLOCK_K=config.block_k, GROUP_M=config.group_m)
+        case = _case(_lut_dense_gemm_kernel, f"dense gemm {tag}", d_ptrs, d_ints, d_consts, config,
                      expects_tensor_cores=dtype != torch.float32)
         grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split)
-        # outliers: about SPAN x BLOCK_N x density of them per K step and column tile, in one chunk
-        inner = None
-        if nnz:
-            inner = float(max(1, triton.cdiv(span, OUTLIER_TILE)))
-        plans.append(LaunchPlan("gemm", case, grid, threads, per_split, config.block_n * span,
-                                main_bytes + (_tile_bytes(qw) if nnz else 0), inner_trips=inner))
+        d_bytes = n * k * xb + x_bytes + out_bytes + (0 if to_ws else n * xb)
+        plans.append(LaunchPlan("dense gemm", case, grid, threads, per_split, config.block_n * config.block_k,
+                                d_bytes))
+    else:
+        g_consts = dict(consts, IEEE_DOT=dtype == torch.float32, GROUP_M=config.group_m)
+        case = _case(_lut_gemm_kernel, f"gemm {tag}", pointers, ints, g_consts, config,
+                     expects_tensor_cores=dtype != torch.float32)
+        grid = (triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n), split)
+        plans.append(LaunchPlan("gemm", case, grid, threads, per_split, config.block_n * span, main_bytes))
     if to_ws:
-        f_cfg = KernelConfig(cfgs.FINISH_BLOCK_M, cfgs.FINISH_BLOCK_N, 16, 1, 1, cfgs.FINISH_WARPS, 1)
+        f_cfg = KernelConfig(cfgs.finish_block_m(m), cfgs.FINISH_BLOCK_N, 16, 1, 1, cfgs.FINISH_WARPS, 1)
         f_ptrs = {"ws_ptr": "*fp32", "x_ptr": f"*{act}", "row_ptr_ptr": "*i32", "col_ptr": "*i32",
                   "val_ptr": "*" + triton_dtype(qw["values"].dtype) if in_finish else "*i32",
                   "bias_ptr": f"*{act}", "out_ptr": f"*{act}"}

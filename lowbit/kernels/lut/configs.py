@@ -9,16 +9,26 @@ import dataclasses
 import torch
 import triton
 
-from ...formats import OUTLIER_TILE, NF4Spec, QuantizedWeight, packed_words, values_per_word
+from ...formats import NF4Spec, QuantizedWeight, packed_words, values_per_word
 from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem
 
-SPARSE_CHUNK = 32  # outliers scattered into a GEMM tile per one-hot dot
-INTERP_SPARSE_CHUNK = 64  # under the CPU interpreter: each chunk is a step with fixed overhead
-FINISH_BLOCK_M = 8  # the finish kernel's tile (split-K sum, outliers, bias, cast)
-FINISH_BLOCK_N = 128
+FINISH_BLOCK_N = 128  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns and
+FINISH_MAX_BLOCK_M = 8  # up to this many rows (finish_block_m)
 FINISH_WARPS = 4
+# Large M: nf4, 3-bit and sq weights are decoded once into an x-dtype buffer [N, K] (outliers
+# scattered in) and multiplied by a dense tensor-core GEMM; lut4 keeps the fused decode.
+DECODE_ONCE_MIN_M = 1024
+DEQUANT_BLOCK_N = 64
+DEQUANT_BLOCK_K = 64
+DEQUANT_TILES = 16  # K tiles per dequant program
+SCATTER_BLOCK_N = 128
 GEMV_SPLITS = (1, 2, 4, 8, 16)
 GEMM_SPLITS = (1, 2, 4, 8)
+
+
+def finish_block_m(m: int) -> int:
+    """Rows of x per finish program: M rounded up to a power of two, at most FINISH_MAX_BLOCK_M."""
+    return min(triton.next_power_of_2(max(m, 1)), FINISH_MAX_BLOCK_M)
 
 
 def lanes(bits: int) -> int:
@@ -43,9 +53,24 @@ def num_k_tiles(k: int, bits: int, block_k: int) -> int:
     return triton.cdiv(packed_words(k, bits), max(block_k // lanes(bits), 1))
 
 
-def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig) -> tuple[int, int]:
-    """(tiles per split, splits): no split is left empty and the workspace split*M*N stays < 2^31."""
-    tiles = num_k_tiles(k, bits, cfg.block_k)
+def decodes_once(path: KernelPath, m: int, bits: int, nf4: bool, sparse: bool) -> bool:
+    """Whether a call decodes the weight once into a dense buffer and runs the dense GEMM: large-M GEMM
+    calls of nf4 (its fp32 table-times-absmax decode costs twice lut4's in the fused loop), 3-bit
+    (today's 10-codes-per-word layout wastes 6 of 16 tile rows) and sq (outliers cannot be added to a
+    fused tile cheaply, but scatter into the buffer at one store each)."""
+    return path is KernelPath.GEMM and m >= DECODE_ONCE_MIN_M and (nf4 or sparse or bits == 3)
+
+
+def dequant_block_k(bits: int, group: int) -> int:
+    """K rows per dequant tile: DEQUANT_BLOCK_K, inside one NF4 group, at least one word."""
+    bk = min(DEQUANT_BLOCK_K, group) if group else DEQUANT_BLOCK_K
+    return max(bk, lanes(bits))
+
+
+def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig, dense: bool = False) -> tuple[int, int]:
+    """(tiles per split, splits): no split is left empty and the workspace split*M*N stays < 2^31.
+    `dense`: K tiles of the dense GEMM (block_k inputs each) instead of packed words."""
+    tiles = triton.cdiv(k, cfg.block_k) if dense else num_k_tiles(k, bits, cfg.block_k)
     split = max(1, min(cfg.split_k, tiles))
     while split > 1 and split * m * n >= 2 ** 31:
         split //= 2
@@ -55,17 +80,15 @@ def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig) -> tuple[in
 
 def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dtype: torch.dtype) -> str | None:
     """Why `cfg` cannot run `qw` on `path` (None when it can): the shared rules, a K tile of at least
-    one word, NF4 tiles inside one absmax group, sq GEMM column tiles of whole outlier sub-tiles."""
+    one word, NF4 tiles inside one absmax group."""
     problem = common_config_problem(path, cfg)
     if problem:
         return problem
     if cfg.block_k < lanes(qw.bits):
         return f"block_k={cfg.block_k} is smaller than one {qw.bits}-bit word ({lanes(qw.bits)} rows)"
     group = scale_group(qw)
-    if group and tile_span(qw.bits, cfg.block_k) > group:
+    if group and tile_span(qw.bits, cfg.block_k) > group:  # (any M: the config does not know the route)
         return f"block_k={cfg.block_k} spans more than one absmax group of {group}"
-    if path is KernelPath.GEMM and getattr(qw.spec, "sparse", False) and cfg.block_n % OUTLIER_TILE:
-        return f"sq GEMM tiles need block_n a multiple of {OUTLIER_TILE} (the outlier sub-tile)"
     return None
 
 
@@ -87,17 +110,26 @@ def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfi
     return KernelConfig(bm, bn, bk, split, 1, 4, 2)
 
 
-def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype) -> KernelConfig:
-    """Tensor-core tiles growing with M; small grids split K (fixed-order reduce) up to ~2 waves;
-    fp32 (ieee FMA dots) uses small tiles to avoid spills."""
+def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group: int = 0,
+                   dense: bool = False) -> KernelConfig:
+    """Tensor-core tiles growing with M. The weight tile is decoded once per M tile, so large M takes
+    BLOCK_M = 256 (half the decode work of 128 per multiply-add). Small grids split K (fixed-order
+    reduce) up to ~2 waves. fp32 (ieee FMA dots) uses small tiles to avoid spills. BLOCK_K = 64
+    (a whole outlier sub-tile band per K step for sq), or the NF4 group when smaller."""
     if dtype == torch.float32:
-        cfg = KernelConfig(16, 64, 32, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 32, 1, 8, 4, 2)
+        cfg = KernelConfig(16, 64, 64, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 64, 1, 8, 4, 2)
     elif m <= 32:
         cfg = KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
+    elif m <= 128:
+        cfg = KernelConfig(64 if m <= 64 else 128, 128, 64, 1, 8, 4 if m <= 64 else 8, 3)
+    elif dense:
+        cfg = KernelConfig(128, 256, 64, 1, 8, 8, 3)
     else:
-        cfg = KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
+        cfg = KernelConfig(256, 128, 64, 1, 8, 8, 3)
+    if group and group < cfg.block_k:
+        cfg = dataclasses.replace(cfg, block_k=group)
     programs = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
-    tiles = num_k_tiles(k, bits, cfg.block_k)
+    tiles = triton.cdiv(k, cfg.block_k) if dense else num_k_tiles(k, bits, cfg.block_k)
     split = 1
     while split < GEMM_SPLITS[-1] and programs * split < TARGET_PROGRAMS and tiles >= 16 * split:
         split *= 2
@@ -107,7 +139,8 @@ def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype) -> Ker
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
         return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw))
-    return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype)
+    dense = decodes_once(path, m, qw.bits, isinstance(qw.spec, NF4Spec), getattr(qw.spec, "sparse", False))
+    return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype, scale_group(qw), dense)
 
 
 def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtype) -> list[KernelConfig]:

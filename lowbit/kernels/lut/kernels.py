@@ -45,6 +45,24 @@ def _load_words(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr):
 
 
 @triton.jit
+def _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr):
+    """As _load_words, transposed: [BLOCK_N, KW] (w_ptrs = qw_ptr + r * N + n laid out [BLOCK_N, KW])."""
+    wi = t * KW + tl.arange(0, KW)
+    ok = (wi < KW_TOTAL) & (wi < t_end * KW)
+    return tl.load(w_ptrs + tl.cast(t * KW, tl.int64) * N, mask=tl.broadcast_to(ok[None, :], w_ptrs.shape), other=0)
+
+
+@triton.jit
+def _codes_t(words, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """As _codes, transposed: [BLOCK_N, KW] words -> [BLOCK_N, BLOCK_K] codes (column = word * LANES + lane)."""
+    lane = tl.arange(0, LANES)
+    shift = tl.where(lane < VPW, lane * BITS, 0)
+    q = (words[:, :, None] >> shift[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(q, [BLOCK_N, BLOCK_K])
+
+
+@triton.jit
 def _codes(words, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
            BLOCK_N: tl.constexpr):
     """Split [KW, BLOCK_N] words into their codes, [BLOCK_K, BLOCK_N] (row = word * LANES + lane)."""
@@ -66,15 +84,6 @@ def _tile_k(t, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr):
         kk = t * (KW * VPW) + (r // LANES) * VPW + (r % LANES)
         lane_ok = (r % LANES) < VPW
     return kk, lane_ok
-
-
-@triton.jit
-def _tile_row_of(kl, VPW: tl.constexpr, LANES: tl.constexpr):
-    """The tile row that holds input k = tile start + kl (the inverse of _tile_k within a tile)."""
-    if LANES == VPW:
-        return kl
-    else:
-        return (kl // VPW) * LANES + kl % VPW
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
@@ -173,61 +182,19 @@ def _lut_finish_kernel(ws_ptr, x_ptr, row_ptr_ptr, col_ptr, val_ptr, bias_ptr, o
 
 
 @triton.jit
-def _add_tile_outliers(w, tile_ptr, kn_ptr, val_ptr, t, pid_n, NT, KT, K, NNZ,
-                       SPAN: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, SUB: tl.constexpr,
-                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
-                       IEEE_DOT: tl.constexpr):
-    """w [BLOCK_K, BLOCK_N] += the sq outliers inside K tile `t` x column block `pid_n`.
-
-    The outliers are stored grouped by SUB x SUB sub-tile (K-major), so at each SUB-wide K band
-    the sub-tiles of this column block form one run tile_ptr[kb*NT + nb0] .. tile_ptr[kb*NT + nb1].
-    Each CHUNK of a run is scattered by a one-hot product A @ B, A[r, j] = val_j at the tile row
-    of k_j, B[j, c] = 1 at column c = n_j - n0; a (k, n) holds at most one outlier, so the fp16
-    product is exact (fp32 activations use an ieee dot). Out-of-range indices are masked.
-    """
-    k0 = t * SPAN
-    n0 = pid_n * BLOCK_N
-    nb0 = n0 // SUB
-    nb1 = tl.minimum(nb0 + BLOCK_N // SUB, NT)
-    rk = tl.arange(0, BLOCK_K)
-    rn = tl.arange(0, BLOCK_N)
-    for kb in range(k0 // SUB, tl.minimum(tl.cdiv(tl.minimum(k0 + SPAN, K), SUB), KT)):
-        start = tl.load(tile_ptr + kb * NT + nb0)
-        end = tl.minimum(tl.load(tile_ptr + kb * NT + nb1), NNZ)
-        for j0 in range(tl.maximum(start, 0), end, CHUNK):
-            j = j0 + tl.arange(0, CHUNK)
-            live = j < end
-            kn = tl.load(kn_ptr + j, mask=live, other=0)
-            v = tl.load(val_ptr + j, mask=live, other=0.0)
-            kl = kb * SUB + kn % SUB - k0
-            nl = kn // SUB - n0
-            live = live & (kl >= 0) & (kl < SPAN) & (nl >= 0) & (nl < BLOCK_N)
-            row = tl.where(live, _tile_row_of(kl, VPW, LANES), -1)
-            if IEEE_DOT:
-                a = tl.where(rk[:, None] == row[None, :], v.to(tl.float32)[None, :], 0.0)
-                b = tl.where(nl[:, None] == rn[None, :], 1.0, 0.0)
-                w += tl.dot(a, b, input_precision="ieee")
-            else:
-                a = tl.where(rk[:, None] == row[None, :], v.to(tl.float16)[None, :], 0.0).to(tl.float16)
-                b = tl.where(nl[:, None] == rn[None, :], 1.0, 0.0).to(tl.float16)
-                w += tl.dot(a, b)
-    return w
-
-
-@triton.jit
 def _lut_gemm_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_ptr,
-                     tile_ptr, kn_ptr, tval_ptr,
-                     M, N, K, KW_TOTAL, NNZ, stride_xm, stride_om, tab_stride_n, tiles_per_split, to_ws,
+                     M, N, K, KW_TOTAL, stride_xm, stride_om, tab_stride_n, tiles_per_split, to_ws,
                      BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, GROUP: tl.constexpr,
                      HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE_DOT: tl.constexpr,
-                     HAS_SPARSE: tl.constexpr, SUB: tl.constexpr, SPARSE_CHUNK: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      GROUP_M: tl.constexpr):
     """Tensor-core GEMM with the LUT decode in the K loop (grouped tile order).
 
-    The decoded tile is built in fp32 (NF4: table x absmax, one rounding at the cast, as fp32 math
-    then a cast) or straight in fp16 from an fp16 table, then fed to tl.dot in x's dtype. Grid
-    (tiles, split); with `to_ws` the fp32 partials go to ws[split, M, N] for _lut_finish_kernel.
+    The weight tile is decoded as [BLOCK_N, BLOCK_K] (each thread holds whole words' codes along K,
+    so the tile reaches shared memory in vector stores) and fed to tl.dot transposed. It is built
+    straight in fp16 from an fp16 table, or in fp32 (NF4: table x absmax, one rounding at the cast,
+    the same value as fp32 math then a cast), then cast to x's dtype. Grid (tiles, split); with
+    `to_ws` the fp32 partials go to ws[split, M, N] for _lut_finish_kernel.
     """
     pid_s = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -237,30 +204,108 @@ def _lut_gemm_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_pt
     offs_nc = tl.minimum(offs_n, N - 1)
     KW: tl.constexpr = BLOCK_K // LANES
     SPAN: tl.constexpr = KW * VPW
-    w_ptrs = qw_ptr + tl.arange(0, KW)[:, None] * N + offs_nc[None, :]
-    tab_rows = tab_ptr + offs_nc * tab_stride_n
+    w_ptrs = qw_ptr + tl.arange(0, KW)[None, :] * N + offs_nc[:, None]
+    tab_rows = tab_ptr + offs_nc[:, None] * tab_stride_n
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    NT = tl.cdiv(N, SUB)
-    KT = tl.cdiv(K, SUB)
     t_begin = pid_s * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(KW_TOTAL, KW))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(t_begin, t_end):
-        words = _load_words(w_ptrs, t, t_end, KW_TOTAL, N, KW)
-        q = _codes(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        words = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW)
+        q = _codes_t(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
         kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
         a = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & ((kk < K) & lane_ok)[None, :], other=0.0)
         if HAS_SCALE:
-            w = tl.load(tab_rows[None, :] + q).to(tl.float32) * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[None, :]
+            wt = tl.load(tab_rows + q).to(tl.float32) * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[:, None]
         else:
-            w = tl.load(tab_rows[None, :] + q)
-        if HAS_SPARSE:
-            w = _add_tile_outliers(w.to(tl.float32), tile_ptr, kn_ptr, tval_ptr, t, pid_n, NT, KT, K, NNZ, SPAN,
-                                   VPW, LANES, SUB, BLOCK_K, BLOCK_N, SPARSE_CHUNK, IEEE_DOT)
+            wt = tl.load(tab_rows + q)
         if IEEE_DOT:
-            acc = tl.dot(a, w.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(a, tl.trans(wt.to(tl.float32)), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, w.to(a.dtype), acc)
+            acc = tl.dot(a, tl.trans(wt.to(a.dtype)), acc)
+    if to_ws:
+        store_tile(ws_ptr + pid_s.to(tl.int64) * M * N, acc, offs_m, offs_n, M, N, N, 1)
+    else:
+        if HAS_BIAS:
+            acc = add_bias(acc, bias_ptr, offs_n, N)
+        store_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, 1)
+
+
+# -- large M, when the fused decode costs more than it saves: decode once, then an fp16 GEMM -------
+@triton.jit
+def _lut_dequant_kernel(qw_ptr, tab_ptr, scale_ptr, w_ptr, N, K, KW_TOTAL, tab_stride_n, tiles_per_prog,
+                        BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, GROUP: tl.constexpr,
+                        HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """w[n, k] = the decoded weight (dense part; NF4 times absmax, rounded once), in w's dtype, [N, K]
+    row-major; grid (N tiles, K-tile groups of `tiles_per_prog`)."""
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_nc = tl.minimum(offs_n, N - 1)
+    KW: tl.constexpr = BLOCK_K // LANES
+    SPAN: tl.constexpr = KW * VPW
+    w_ptrs = qw_ptr + tl.arange(0, KW)[None, :] * N + offs_nc[:, None]
+    tab_rows = tab_ptr + offs_nc[:, None] * tab_stride_n
+    out_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    t_begin = tl.program_id(1) * tiles_per_prog
+    t_end = tl.minimum(t_begin + tiles_per_prog, tl.cdiv(KW_TOTAL, KW))
+    for t in range(t_begin, t_end):
+        words = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW)
+        q = _codes_t(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        if HAS_SCALE:
+            val = tl.load(tab_rows + q).to(tl.float32) * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[:, None]
+        else:
+            val = tl.load(tab_rows + q)
+        kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
+        tl.store(out_rows + kk[None, :], val.to(w_ptr.dtype.element_ty),
+                 mask=n_mask[:, None] & ((kk < K) & lane_ok)[None, :])
+
+
+@triton.jit
+def _lut_scatter_kernel(row_ptr_ptr, col_ptr, val_ptr, w_ptr, N, K, NNZ, BLOCK_N: tl.constexpr):
+    """w[n, col_j] += val_j for the sq outliers j of the program's rows (CSR, stored order; a repeated
+    position adds twice, as in the reference). Indices are masked to [0, NNZ) and columns to [0, K)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rn < N
+    start = tl.load(row_ptr_ptr + rn, mask=n_mask, other=0)
+    count = tl.where(n_mask, tl.load(row_ptr_ptr + rn + 1, mask=n_mask, other=0) - start, 0)
+    rows = w_ptr + rn.to(tl.int64) * K
+    for j in range(0, tl.max(count, axis=0)):
+        idx = start + j
+        live = (j < count) & (idx >= 0) & (idx < NNZ)
+        col = tl.load(col_ptr + idx, mask=live, other=0)
+        val = tl.load(val_ptr + idx, mask=live, other=0.0).to(tl.float32)
+        live = live & (col >= 0) & (col < K)
+        cur = tl.load(rows + col, mask=live, other=0.0).to(tl.float32)
+        tl.store(rows + col, (cur + val).to(w_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _lut_dense_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, stride_xm, stride_om,
+                           tiles_per_split, to_ws, HAS_BIAS: tl.constexpr, IEEE_DOT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr):
+    """y = x . w^T for a dense w [N, K] in x's dtype (from _lut_dequant_kernel), tensor cores,
+    grouped tile order, grid (tiles, split); the epilogue is the fused kernels'."""
+    pid_s = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    t_begin = pid_s * tiles_per_split
+    t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(t_begin, t_end):
+        kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk < K)[None, :], other=0.0)
+        wt = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & (kk < K)[None, :], other=0.0)
+        if IEEE_DOT:
+            acc = tl.dot(a, tl.trans(wt), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, tl.trans(wt), acc)
     if to_ws:
         store_tile(ws_ptr + pid_s.to(tl.int64) * M * N, acc, offs_m, offs_n, M, N, N, 1)
     else:

@@ -2,14 +2,17 @@
 
 Data flow of one forward:
 
-- Without split-K or outliers: one kernel writes ``cast(x W^T + b)`` straight into the output.
-- GEMV with split-K or sq outliers, GEMM with split-K: the kernel writes fp32 partial sums to a
-  workspace ``[split, M, N]``; :func:`_lut_finish_kernel` sums them in split order, adds the sq
-  outliers of whole rows (CSR, stored order), the bias, and casts into the output. Every sum runs
-  in a fixed order, so the same input gives bitwise the same output on every run.
-- GEMM with sq outliers: they are stored grouped by 32 x 32 weight sub-tile (built once with
-  the weight, :func:`lowbit.formats.outlier_tiles`), and each K step adds its tile's outliers to
-  the decoded weight tile with a one-hot tensor-core product; the output is written once.
+- Without split-K or outliers: one kernel (GEMV, or the fused-decode GEMM) writes
+  ``cast(x W^T + b)`` straight into the output.
+- With split-K or sq outliers: the kernel writes fp32 partial sums to a workspace
+  ``[split, M, N]``; :func:`_lut_finish_kernel` sums them in split order, adds the sq outliers of
+  whole rows (CSR: each row's nonzeros in stored order, no search, no atomics), the bias, and
+  casts into the output. Every sum runs in a fixed order, so the same input gives bitwise the
+  same output on every run.
+- Large M (``configs.decodes_once``: GEMM calls with M >= 1024 of nf4, 3-bit and sq weights):
+  :func:`decode_weight` writes the dense weight once into an x-dtype buffer [N, K] (outliers
+  scattered in by row), then a dense tensor-core GEMM runs. The decode is N*K work instead of
+  N*K*M/BLOCK_M; the buffer (2 bytes per weight for fp16 x) lives for the call.
 
 Nothing here reads tensor values on the host, so the forward is CUDA-graph capturable and
 ``torch.compile(fullgraph=True)`` traces it through the ``lowbit::lut_linear`` custom op.
@@ -24,13 +27,14 @@ from typing import Optional
 import torch
 import triton
 
-from ...formats import LUT_SCHEMES, OUTLIER_TILE, QuantizedWeight, Scheme, packed_words, values_per_word
-from ..base import KernelConfig, KernelFamily, KernelPath, on_interpreter, operands
+from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme, values_per_word
+from ..base import KernelConfig, KernelFamily, KernelPath, operands
 from . import configs as cfgs
-from .kernels import _lut_finish_kernel, _lut_gemm_kernel, _lut_gemv_kernel
+from .kernels import (_lut_dense_gemm_kernel, _lut_dequant_kernel, _lut_finish_kernel, _lut_gemm_kernel,
+                      _lut_gemv_kernel, _lut_scatter_kernel)
 
 _NF4_TABLES: dict = {}  # device -> the 16 NF4 values (fp32); a constant, uploaded once per device
-_SPARSE = ("row_ptr", "col_idx", "values", "tile_ptr", "tile_kn", "tile_val")
+_SPARSE = ("row_ptr", "col_idx", "values")
 
 __all__ = ["FAMILY", "LutFamily", "launch", "lut_linear", "workspace_numel"]
 
@@ -46,10 +50,12 @@ def nf4_table(device: torch.device) -> torch.Tensor:
 
 
 def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig) -> int:
-    """fp32 elements of the workspace a launch allocates: split * M * N when partials go through it."""
-    _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config)
+    """fp32 elements of the split/outlier workspace a launch allocates: split * M * N when partials go
+    through it (the large-M route's decoded weight, N * K in x's dtype, comes on top)."""
     sparse = getattr(qw.spec, "sparse", False)
-    return split * m * qw.N if split > 1 or (sparse and path is KernelPath.GEMV) else 0
+    dense = cfgs.decodes_once(path, m, qw.bits, "absmax" in qw.tensors, sparse)
+    _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config, dense)
+    return split * m * qw.N if split > 1 or (sparse and not dense) else 0
 
 
 def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, group: int,
@@ -62,35 +68,59 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     scale = absmax if nf4 else qweight  # dummy pointer when HAS_SCALE is off
     tab_stride_n = 0 if nf4 else lut.shape[1]
     nnz = sparse["col_idx"].numel() if sparse is not None else 0
-    per_split, split = cfgs.split_plan(m, n, k, bits, cfg)
-    outliers_in_finish = nnz > 0 and path is KernelPath.GEMV
+    dense = cfgs.decodes_once(path, m, bits, nf4, sparse is not None)
+    per_split, split = cfgs.split_plan(m, n, k, bits, cfg, dense)
+    outliers_in_finish = nnz > 0 and not dense
     to_ws = split > 1 or outliers_in_finish
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
     bias_arg = bias if bias is not None else out
-    common = dict(BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4,
-                  HAS_BIAS=bias is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    packing = dict(BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4)
+    launch_opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
     if path is KernelPath.GEMV:
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
         _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw, x2d.stride(0),
-                               out.stride(0), tab_stride_n, per_split, int(to_ws), **common)
-    else:
-        has_tiles = nnz > 0
-        tiles = [sparse[name] for name in ("tile_ptr", "tile_kn", "tile_val")] if has_tiles else [qweight] * 3
+                               out.stride(0), tab_stride_n, per_split, int(to_ws), HAS_BIAS=bias is not None,
+                               **packing, **tiles, **launch_opts)
+    elif dense:
+        wd = decode_weight(qweight, table, scale, sparse, bits, group, nf4, k, x2d.dtype)
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, *tiles, m, n, k, kw, nnz,
+        _lut_dense_gemm_kernel[grid](x2d, wd, bias_arg, out, ws, m, n, k, x2d.stride(0), out.stride(0), per_split,
+                                     int(to_ws), HAS_BIAS=bias is not None, IEEE_DOT=x2d.dtype == torch.float32,
+                                     GROUP_M=cfg.group_m, **tiles, **launch_opts)
+    else:
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw,
                                x2d.stride(0), out.stride(0), tab_stride_n, per_split, int(to_ws),
-                               IEEE_DOT=x2d.dtype == torch.float32, HAS_SPARSE=has_tiles, SUB=OUTLIER_TILE,
-                               SPARSE_CHUNK=cfgs.INTERP_SPARSE_CHUNK if on_interpreter(x2d) else cfgs.SPARSE_CHUNK,
-                               GROUP_M=cfg.group_m, **common)
+                               HAS_BIAS=bias is not None, IEEE_DOT=x2d.dtype == torch.float32, GROUP_M=cfg.group_m,
+                               **packing, **tiles, **launch_opts)
     if to_ws:
-        csr = [sparse[name] for name in ("row_ptr", "col_idx", "values")] if outliers_in_finish else [qweight] * 3
-        grid = (triton.cdiv(n, cfgs.FINISH_BLOCK_N), triton.cdiv(m, cfgs.FINISH_BLOCK_M))
+        csr = [sparse[name] for name in _SPARSE] if outliers_in_finish else [qweight] * 3
+        fbm = cfgs.finish_block_m(m)
+        grid = (triton.cdiv(n, cfgs.FINISH_BLOCK_N), triton.cdiv(m, fbm))
         _lut_finish_kernel[grid](ws, x2d, *csr, bias_arg, out, m, n, k, nnz, split, x2d.stride(0), out.stride(0),
                                  HAS_SPARSE=outliers_in_finish, HAS_BIAS=bias is not None,
-                                 BLOCK_M=cfgs.FINISH_BLOCK_M, BLOCK_N=cfgs.FINISH_BLOCK_N,
-                                 num_warps=cfgs.FINISH_WARPS)
+                                 BLOCK_M=fbm, BLOCK_N=cfgs.FINISH_BLOCK_N, num_warps=cfgs.FINISH_WARPS)
     return out
+
+
+def decode_weight(qweight, table, scale, sparse: Optional[dict], bits: int, group: int, nf4: bool, k: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The dense weight [N, K] in `dtype` (outliers included): the large-M route's transient buffer."""
+    kw, n = qweight.shape
+    wd = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    bk = cfgs.dequant_block_k(bits, group)
+    tiles = cfgs.num_k_tiles(k, bits, bk)
+    grid = (triton.cdiv(n, cfgs.DEQUANT_BLOCK_N), triton.cdiv(tiles, cfgs.DEQUANT_TILES))
+    _lut_dequant_kernel[grid](qweight, table, scale, wd, n, k, kw, 0 if nf4 else table.shape[1], cfgs.DEQUANT_TILES,
+                              BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4,
+                              BLOCK_N=cfgs.DEQUANT_BLOCK_N, BLOCK_K=bk, num_warps=4)
+    nnz = sparse["col_idx"].numel() if sparse is not None else 0
+    if nnz:
+        _lut_scatter_kernel[(triton.cdiv(n, cfgs.SCATTER_BLOCK_N),)](
+            sparse["row_ptr"], sparse["col_idx"], sparse["values"], wd, n, k, nnz,
+            BLOCK_N=cfgs.SCATTER_BLOCK_N, num_warps=4)
+    return wd
 
 
 def _tensors(qw: QuantizedWeight) -> tuple:
@@ -109,21 +139,18 @@ def launch(x2d: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor],
 @torch.library.custom_op("lowbit::lut_linear", mutates_args=())
 def lut_linear(x: torch.Tensor, qweight: torch.Tensor, lut: Optional[torch.Tensor], absmax: Optional[torch.Tensor],
                row_ptr: Optional[torch.Tensor], col_idx: Optional[torch.Tensor], values: Optional[torch.Tensor],
-               tile_ptr: Optional[torch.Tensor], tile_kn: Optional[torch.Tensor], tile_val: Optional[torch.Tensor],
                bias: Optional[torch.Tensor], bits: int, group: int, path: str, config: list[int]) -> torch.Tensor:
     """y [M, N] = x [M, K] . W^T + bias for a lut/sq/nf4 weight (see the module docstring)."""
     out = torch.empty((x.shape[0], qweight.shape[1]), dtype=x.dtype, device=x.device)
     sparse = None
     if row_ptr is not None:
-        sparse = dict(row_ptr=row_ptr, col_idx=col_idx, values=values, tile_ptr=tile_ptr, tile_kn=tile_kn,
-                      tile_val=tile_val)
+        sparse = dict(row_ptr=row_ptr, col_idx=col_idx, values=values)
     return _run(x, qweight, lut, absmax, sparse, bias, bits, group, KernelPath(path),
                 KernelConfig.from_list(config), out)
 
 
 @lut_linear.register_fake
-def _lut_linear_fake(x, qweight, lut, absmax, row_ptr, col_idx, values, tile_ptr, tile_kn, tile_val, bias, bits,
-                     group, path, config):
+def _lut_linear_fake(x, qweight, lut, absmax, row_ptr, col_idx, values, bias, bits, group, path, config):
     return x.new_empty((x.shape[0], qweight.shape[1]))
 
 

@@ -20,7 +20,6 @@ from helpers import assert_close, nan_out
 from lowbit.formats import LUTSpec, QuantizedWeight, Scheme
 from lowbit.kernels import KernelConfig, KernelPath, operands
 from lowbit.kernels.lut import FAMILY
-from lowbit.reference.lut import upgrade_tensors
 
 FP16_TOL, FP32_TOL, BF16_TOL = 2e-3, 2e-5, 1e-2
 TOL = {torch.float16: FP16_TOL, torch.float32: FP32_TOL, torch.bfloat16: BF16_TOL}
@@ -123,8 +122,7 @@ def _sq_with_rows(device, row_counts, k=K, n=N, bits=3, fixed=None):
     tensors = dict(base.tensors, row_ptr=row_ptr, col_idx=torch.tensor(cols, dtype=torch.int32),
                    values=(torch.randn(nnz, generator=g) * 3).to(torch.float16))
     scheme = Scheme.SQ3 if bits == 3 else Scheme.SQ4
-    spec = LUTSpec(bits, nnz / (n * k))
-    return QuantizedWeight(scheme, spec, (n, k), upgrade_tensors(spec, (n, k), tensors)).to(device)
+    return QuantizedWeight(scheme, LUTSpec(bits, nnz / (n * k)), (n, k), tensors).to(device)
 
 
 @pytest.mark.parametrize("path,dtype,m", [("gemv", torch.float16, 3), ("gemm", torch.float32, 33),
@@ -195,7 +193,7 @@ def test_custom_op_fake_and_compile(device):
     qw = qweight("sq4", device)
     x = torch.randn(3, K, device=device)
     ops = operands(qw)
-    sparse = [ops[name] for name in ("row_ptr", "col_idx", "values", "tile_ptr", "tile_kn", "tile_val")]
+    sparse = [ops[name] for name in ("row_ptr", "col_idx", "values")]
     args = (x, ops["qweight"], ops["lut"], None, *sparse, None, 4, 0, "gemv", [2, 64, 128, 1, 1, 4, 2])
     torch.library.opcheck(torch.ops.lowbit.lut_linear.default, args,
                           test_utils=("test_schema", "test_faketensor"))
@@ -235,14 +233,8 @@ def test_bad_csr_is_rejected_at_construction():
     bad_col[0] = -1
     with pytest.raises(ValueError, match="col_idx out of range"):
         QuantizedWeight(good.scheme, good.spec, good.shape, dict(t, col_idx=bad_col))
-    short = {name: t[name][:-1] for name in ("col_idx", "values", "tile_kn", "tile_val")}
     with pytest.raises(ValueError, match="end at nnz"):
-        QuantizedWeight(good.scheme, good.spec, good.shape, dict(t, **short))
-    # the sub-tile grouping must be the one the CSR gives (built once, trusted by the GEMM)
-    for name, edit in (("tile_kn", lambda v: v.flip(0)), ("tile_ptr", lambda v: v.clamp(max=int(v[-1]) - 1)),
-                       ("tile_val", lambda v: v + 1)):
-        with pytest.raises(ValueError, match=f"'{name}' does not match the CSR outliers"):
-            QuantizedWeight(good.scheme, good.spec, good.shape, dict(t, **{name: edit(t[name])}))
+        QuantizedWeight(good.scheme, good.spec, good.shape, dict(t, col_idx=t["col_idx"][:-1], values=t["values"][:-1]))
 
 
 @pytest.mark.parametrize("shape", [(N, 4), (N, 16), (N + 1, 8)])
