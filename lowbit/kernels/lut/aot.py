@@ -47,9 +47,10 @@ def _specialise(ints: dict) -> tuple[dict, dict, tuple]:
 
 
 def _case(kernel, label: str, pointers: dict, ints: dict, consts: dict, cfg: KernelConfig,
-          expects_tensor_cores: bool = False) -> AotCase:
-    """An AotCase of `kernel` with every pointer 16-byte aligned and `ints` specialised like a JIT launch."""
-    sig = dict(pointers)
+          expects_tensor_cores: bool = False, other: dict | None = None) -> AotCase:
+    """An AotCase of `kernel` with every pointer 16-byte aligned, `ints` specialised like a JIT launch and
+    `other` arguments typed as given (neither constant nor divisible)."""
+    sig = dict(pointers, **(other or {}))
     isig, iconst, div = _specialise(ints)
     sig.update(isig)
     sig.update({name: "constexpr" for name in consts})
@@ -137,7 +138,28 @@ def launch_plans(qw: QuantizedWeight, m: int, path: KernelPath, dtype: torch.dty
     out_bytes = m * n * (4 * split if to_ws else xb)
     main_bytes = _weight_bytes(qw) + x_bytes + out_bytes + (0 if to_ws else n * xb)
     plans = []
+    wps = None
     if path is KernelPath.GEMV:
+        wps = cfgs.mma_gemv_plan(m, dtype, bits, nf4, group, n, k, None if nf4 else qw["lut"].dtype, config)
+    if wps is not None:
+        from .mma_gemv import _lut_mma_gemv_kernel
+
+        split = config.split_k
+        to_ws = split > 1 or in_finish
+        unroll = config.block_k // 8
+        m_ptrs = {"x_ptr": f"*{act}", "qw_ptr": "*i32", "tab_ptr": "*fp16", "scale_ptr": scale,
+                  "bias_ptr": f"*{act}", "out_ptr": "*fp32" if to_ws else f"*{act}"}
+        m_consts = dict(WARPS=config.num_warps, UNROLL=unroll, GROUP=group, HAS_SCALE=nf4, HAS_BIAS=True,
+                        TO_WS=to_ws)
+        m_ints = dict(N=n, words_per_stream=wps, tab_stride_n=0 if nf4 else 2 ** bits)
+        # zero_off (zero buffer minus x, in elements) is a runtime distance between two allocations
+        case = _case(_lut_mma_gemv_kernel, f"mma gemv {tag}", m_ptrs, m_ints, m_consts, config,
+                     other={"zero_off": "i64"})
+        out_bytes = split * n * 4 if to_ws else n * xb
+        plans.append(LaunchPlan("mma gemv", case, (n // cfgs.MMA_ROWS, split), threads, wps // unroll,
+                                config.num_warps * cfgs.MMA_ROWS * unroll * 8,
+                                _weight_bytes(qw) + x_bytes + out_bytes + (0 if to_ws else n * xb)))
+    elif path is KernelPath.GEMV:
         case = _case(_lut_gemv_kernel, f"gemv {tag}", pointers, ints, consts, config)
         grid = (triton.cdiv(n, config.block_n), split, triton.cdiv(m, config.block_m))
         plans.append(LaunchPlan("gemv", case, grid, threads, per_split, config.block_n * span, main_bytes))

@@ -10,7 +10,7 @@ import torch
 import triton
 
 from ...formats import NF4Spec, QuantizedWeight, packed_words, values_per_word
-from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem
+from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem, sm_count
 
 FINISH_BLOCK_N = 128  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns and
 FINISH_MAX_BLOCK_M = 8  # up to this many rows (finish_block_m)
@@ -22,6 +22,12 @@ DEQUANT_BLOCK_N = 64
 DEQUANT_BLOCK_K = 64
 DEQUANT_TILES = 16  # K tiles per dequant program
 SCATTER_BLOCK_N = 128
+# M = 1, fp16 x, 4-bit codes: the tensor-core GEMV (mma_gemv.py) owns MMA_ROWS rows per CTA; a GEMV
+# config routes there when block_m == 1, block_n == MMA_ROWS, block_k in MMA_BLOCK_K (the inputs one
+# warp consumes per loop trip) and num_warps in MMA_WARPS (one K stream per warp)
+MMA_ROWS = 64
+MMA_BLOCK_K = (32, 64)
+MMA_WARPS = (4, 8)
 GEMV_SPLITS = (1, 2, 4, 8, 16)
 GEMM_SPLITS = (1, 2, 4, 8)
 
@@ -78,6 +84,48 @@ def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig, dense: bool
     return per, triton.cdiv(tiles, per)
 
 
+def mma_gemv_plan(m: int, dtype: torch.dtype, bits: int, nf4: bool, group: int, n: int, k: int,
+                  table_dtype: torch.dtype | None, cfg: KernelConfig) -> int | None:
+    """Words per K stream when this GEMV call runs the tensor-core kernel (or its interpreter twin), else
+    None: M = 1, fp16 x, 4-bit codes with an fp16 table (or NF4), a config of the MMA shape, whole CTAs
+    of MMA_ROWS rows, K split into split_k * num_warps equal streams of whole loop trips (and of whole
+    NF4 groups), and word offsets below 2^31 (the kernel indexes words in 32 bits)."""
+    if m != 1 or dtype != torch.float16 or bits != 4 or (not nf4 and table_dtype != torch.float16):
+        return None
+    if (cfg.block_m, cfg.block_n) != (1, MMA_ROWS) or cfg.block_k not in MMA_BLOCK_K or cfg.num_warps not in MMA_WARPS:
+        return None
+    kw = packed_words(k, bits)
+    unroll = cfg.block_k // 8
+    streams = cfg.split_k * cfg.num_warps
+    if n % MMA_ROWS or kw % (streams * unroll) or kw * n >= 2 ** 31:
+        return None
+    wps = kw // streams
+    if nf4 and group:
+        gw = group // 8
+        if gw % unroll or wps % gw:
+            return None
+    return wps
+
+
+def mma_gemv_config(n: int, k: int, nf4: bool, group: int) -> KernelConfig | None:
+    """The tensor-core GEMV config for an [N, K] 4-bit weight at M = 1 (None when no split fits): 8 warps,
+    64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until a CTA per SM (each CTA
+    holds a 64 KiB table and 8 warps of loads in flight; more splits rebuild more tables)."""
+    bk = 32 if nf4 and group == 32 else 64
+    for warps in (8, 4):
+        best = None
+        for split in GEMV_SPLITS:
+            cfg = KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1)
+            if mma_gemv_plan(1, torch.float16, 4, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
+                continue
+            best = cfg
+            if triton.cdiv(n, MMA_ROWS) * split >= sm_count():
+                break
+        if best is not None:
+            return best
+    return None
+
+
 def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dtype: torch.dtype) -> str | None:
     """Why `cfg` cannot run `qw` on `path` (None when it can): the shared rules, a K tile of at least
     one word, NF4 tiles inside one absmax group."""
@@ -93,13 +141,17 @@ def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dty
 
 
 def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfig:
-    """BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K <= 128 rows keeps the 3-D product at <= 64 values
-    per thread; NF4 tiles stay inside one absmax group; split-K until the grid has ~2 programs per
-    SM, keeping >= 8 K tiles per split."""
+    """The CUDA-core GEMV: BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K <= 128 rows keeps the 3-D product
+    at <= 64 values per thread; 3-bit words (16 rows, 10 live) at M = 1 take 8 warps x 128 columns x
+    256 rows, the largest tile without spills; NF4 tiles stay inside one absmax group; split-K until the
+    grid has ~2 programs per SM, keeping >= 16 K tiles per split."""
     sl = lanes(bits)
     bm = min(triton.next_power_of_2(max(m, 1)), 8)
     bn = 64 if n >= 64 * 32 else 32
-    bk = max(sl, 128 // bm)
+    bk = max(sl, (64 if bits == 3 else 128) // bm)
+    warps = 4
+    if bits == 3 and bm == 1 and n >= 128 * 32:
+        bn, bk, warps = 128, 256, 8
     if group:
         bk = max(sl, min(bk, group))
     steps = num_k_tiles(k, bits, bk)
@@ -107,7 +159,7 @@ def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfi
     split = 1
     while split < GEMV_SPLITS[-1] and blocks * split < TARGET_PROGRAMS and steps >= 16 * split:
         split *= 2
-    return KernelConfig(bm, bn, bk, split, 1, 4, 2)
+    return KernelConfig(bm, bn, bk, split, 1, warps, 2)
 
 
 def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group: int = 0,
@@ -138,13 +190,18 @@ def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group:
 
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
+        nf4 = isinstance(qw.spec, NF4Spec)
+        if m == 1 and dtype == torch.float16 and qw.bits == 4:
+            cfg = mma_gemv_config(qw.N, qw.K, nf4, scale_group(qw))
+            if cfg is not None:
+                return cfg
         return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw))
     dense = decodes_once(path, m, qw.bits, isinstance(qw.spec, NF4Spec), getattr(qw.spec, "sparse", False))
     return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype, scale_group(qw), dense)
 
 
 def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtype) -> list[KernelConfig]:
-    """GEMV: per-thread tile of 16..128 values, split-K 1..8; GEMM: tensor-core tiles within the shared
+    """GEMV: per-thread tile of 16..128 values, split-K 1..8, plus the tensor-core M = 1 configs; GEMM: tensor-core tiles within the shared
     budget and 128 accumulator/operand values per thread, split-K 1..4 for small M tiles; fp32 GEMM:
     small ieee-dot tiles only. Pruned by config_problem when `qw` is given."""
     out = []
@@ -160,6 +217,9 @@ def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtyp
                             continue
                         for split in (1, 2, 4, 8):
                             out.append(KernelConfig(bm, bn, bk, split, 1, warps, 2))
+        # the tensor-core M = 1 configs (used for fp16 x and 4-bit codes, see mma_gemv_plan)
+        out += [KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1) for bk in MMA_BLOCK_K for warps in MMA_WARPS
+                for split in (1, 2, 4, 8)]
     else:
         for bm in (16, 32, 64, 128):
             for bn in (32, 64, 128, 256):

@@ -312,3 +312,65 @@ def _lut_dense_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, str
         if HAS_BIAS:
             acc = add_bias(acc, bias_ptr, offs_n, N)
         store_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, 1)
+
+
+# -- the interpreter twin of the tensor-core M = 1 GEMV (lowbit/kernels/lut/mma_gemv.py) ---------------
+@triton.jit
+def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, tab2_ptr, N, words_per_stream,
+                         tab_stride_n, WARPS: tl.constexpr, UNROLL: tl.constexpr, GROUP: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr):
+    """The Gluon kernel's computation with its table layout and index arithmetic, in plain Triton.
+
+    Same grid, slots, streams and outputs. The pair table goes to a global scratch tab2[CTA, 256 * 64]
+    instead of shared memory and is read at the PRMT address (byte << 8 | r * 4) / 4; the mma's exact
+    fp16 products summed in fp32 become fp32 FMAs; NF4 group sums are scaled at the same points.
+    """
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n0 = pid_n * 64
+    tab2 = tab2_ptr + (pid_n * tl.num_programs(1) + pid_s).to(tl.int64) * (256 * 64)
+    # pair table T2[p, r] = bits(T[r, p & 15]) | bits(T[r, p >> 4]) << 16
+    p = tl.arange(0, 256)
+    r = tl.arange(0, 64)
+    rows = tab_ptr + (n0 + r)[None, :] * tab_stride_n
+    lo = tl.load(rows + (p % 16)[:, None]).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi = tl.load(rows + (p // 16)[:, None]).to(tl.int16, bitcast=True).to(tl.int32)
+    tl.store(tab2 + p[:, None] * 64 + r[None, :], lo | (hi << 16))
+    tl.debug_barrier()
+    # slots [W, 64 rows]: warp w reads stream pid_s * WARPS + w
+    w = tl.arange(0, WARPS)
+    stream = pid_s * WARPS + w
+    rowoff = r * 4
+    acc = tl.zeros([WARPS, 64], dtype=tl.float32)
+    part = tl.zeros([WARPS, 64], dtype=tl.float32)
+    for u0 in range(0, words_per_stream, UNROLL):
+        for uu in tl.static_range(UNROLL):
+            word_row = stream * words_per_stream + u0 + uu
+            words = tl.load(qw_ptr + word_row[:, None] * N + n0 + r[None, :])
+            for byte in tl.static_range(4):
+                addr = ((words >> (8 * byte)) & 0xFF) << 8 | rowoff[None, :]  # = prmt(word, rowoff, 0x55j4)
+                pair = tl.load(tab2 + addr // 4)
+                w_lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                w_hi = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                k = word_row * 8 + 2 * byte
+                x_lo = tl.load(x_ptr + k).to(tl.float32)
+                x_hi = tl.load(x_ptr + k + 1).to(tl.float32)
+                part += w_lo * x_lo[:, None] + w_hi * x_hi[:, None]
+        if HAS_SCALE and GROUP != 0:
+            if (u0 + UNROLL) % (GROUP // 8) == 0:
+                g_idx = (stream * words_per_stream + u0) * 8 // GROUP
+                sc = tl.load(scale_ptr + (g_idx * N)[:, None] + n0 + r[None, :]).to(tl.float32)
+                acc += part * sc
+                part = tl.zeros([WARPS, 64], dtype=tl.float32)
+    if HAS_SCALE:
+        if GROUP == 0:
+            acc = part * tl.load(scale_ptr + n0 + r).to(tl.float32)[None, :]
+    else:
+        acc = part
+    y = tl.sum(acc, axis=0)
+    if TO_WS:
+        tl.store(out_ptr + pid_s * N + n0 + r, y)
+    else:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + n0 + r).to(tl.float32)
+        tl.store(out_ptr + n0 + r, y.to(out_ptr.dtype.element_ty))

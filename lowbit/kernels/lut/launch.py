@@ -28,25 +28,64 @@ import torch
 import triton
 
 from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme, values_per_word
-from ..base import KernelConfig, KernelFamily, KernelPath, operands
+from ..base import KernelConfig, KernelFamily, KernelPath, on_interpreter, operands
 from . import configs as cfgs
 from .kernels import (_lut_dense_gemm_kernel, _lut_dequant_kernel, _lut_finish_kernel, _lut_gemm_kernel,
-                      _lut_gemv_kernel, _lut_scatter_kernel)
+                      _lut_gemv_kernel, _lut_mma_twin_kernel, _lut_scatter_kernel)
 
-_NF4_TABLES: dict = {}  # device -> the 16 NF4 values (fp32); a constant, uploaded once per device
+_NF4_TABLES: dict = {}  # (device, dtype) -> the 16 NF4 values; constants, uploaded once per device
+_ZEROS: dict = {}  # device -> fp16 zeros read by the tensor-core GEMV's off-diagonal lanes (grown on demand)
 _SPARSE = ("row_ptr", "col_idx", "values")
 
 __all__ = ["FAMILY", "LutFamily", "launch", "lut_linear", "workspace_numel"]
 
 
-def nf4_table(device: torch.device) -> torch.Tensor:
-    """The NF4 code book on `device` (built once per device)."""
-    key = str(device)
+def nf4_table(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The NF4 code book on `device` in `dtype` (built once per device; fp16 rounds the values)."""
+    key = (str(device), dtype)
     if key not in _NF4_TABLES:
         from ...reference.nf4 import nf4_table as _table
 
-        _NF4_TABLES[key] = _table(device)
+        _NF4_TABLES[key] = _table(device).to(dtype)
     return _NF4_TABLES[key]
+
+
+def _zeros(device: torch.device, n: int) -> torch.Tensor:
+    """At least n fp16 zeros on `device` (cached; grows to the largest K seen)."""
+    key = str(device)
+    z = _ZEROS.get(key)
+    if z is None or z.numel() < n:
+        z = _ZEROS[key] = torch.zeros(max(n, 8192), dtype=torch.float16, device=device)
+    return z
+
+
+def _mma_device_ok(x: torch.Tensor) -> bool:
+    """mma.sync m16n8k16 needs sm_80+; the 128-bit x loads need a 16-byte aligned x."""
+    if x.device.type != "cuda" or x.data_ptr() % 16:
+        return False
+    return torch.cuda.get_device_capability(x.device) >= (8, 0)
+
+
+def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bias, out, ws, split: int, wps: int,
+                  to_ws: bool, cfg: KernelConfig) -> None:
+    """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs)."""
+    kw, n = qweight.shape
+    grid = (n // cfgs.MMA_ROWS, split)
+    target = ws if to_ws else out
+    bias_arg = bias if bias is not None else out
+    consts = dict(WARPS=cfg.num_warps, UNROLL=cfg.block_k // 8, GROUP=group, HAS_SCALE=nf4,
+                  HAS_BIAS=bias is not None, TO_WS=to_ws)
+    tab_stride = 0 if nf4 else table.shape[1]
+    if on_interpreter(x2d):
+        tab2 = torch.empty((grid[0] * grid[1], 256 * cfgs.MMA_ROWS), dtype=torch.int32, device=x2d.device)
+        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, tab2, n, wps, tab_stride, **consts)
+        return
+    from .mma_gemv import _lut_mma_gemv_kernel
+
+    zeros = _zeros(x2d.device, x2d.shape[1])
+    zero_off = (zeros.data_ptr() - x2d.data_ptr()) // 2
+    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, zero_off, n, wps, tab_stride,
+                               num_warps=cfg.num_warps, **consts)
 
 
 def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig) -> int:
@@ -69,7 +108,12 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     tab_stride_n = 0 if nf4 else lut.shape[1]
     nnz = sparse["col_idx"].numel() if sparse is not None else 0
     dense = cfgs.decodes_once(path, m, bits, nf4, sparse is not None)
-    per_split, split = cfgs.split_plan(m, n, k, bits, cfg, dense)
+    wps = None
+    if path is KernelPath.GEMV:
+        wps = cfgs.mma_gemv_plan(m, x2d.dtype, bits, nf4, group, n, k, None if nf4 else lut.dtype, cfg)
+        if wps is not None and not (on_interpreter(x2d) or _mma_device_ok(x2d)):
+            wps = None
+    per_split, split = (None, cfg.split_k) if wps is not None else cfgs.split_plan(m, n, k, bits, cfg, dense)
     outliers_in_finish = nnz > 0 and not dense
     to_ws = split > 1 or outliers_in_finish
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
@@ -77,7 +121,10 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     packing = dict(BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4)
     launch_opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    if path is KernelPath.GEMV:
+    if wps is not None:
+        table16 = nf4_table(x2d.device, torch.float16) if nf4 else lut
+        _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bias, out, ws, split, wps, to_ws, cfg)
+    elif path is KernelPath.GEMV:
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
         _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw, x2d.stride(0),
                                out.stride(0), tab_stride_n, per_split, int(to_ws), HAS_BIAS=bias is not None,
