@@ -169,15 +169,15 @@ def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group:
     reduce) up to ~2 waves. fp32 (ieee FMA dots) uses small tiles to avoid spills. BLOCK_K = 64
     (a whole outlier sub-tile band per K step for sq), or the NF4 group when smaller."""
     if dtype == torch.float32:
-        cfg = KernelConfig(16, 64, 64, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 64, 1, 8, 4, 2)
+        cfg = KernelConfig(16, 64, 32, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 32, 1, 8, 4, 2)
     elif m <= 32:
         cfg = KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
     elif m <= 128:
         cfg = KernelConfig(64 if m <= 64 else 128, 128, 64, 1, 8, 4 if m <= 64 else 8, 3)
     elif dense:
-        cfg = KernelConfig(128, 256, 64, 1, 8, 8, 3)
+        cfg = KernelConfig(128, 256, 32, 1, 8, 8, 3)
     else:
-        cfg = KernelConfig(256, 128, 64, 1, 8, 8, 3)
+        cfg = KernelConfig(256, 128, 32, 1, 8, 8, 3)
     if group and group < cfg.block_k:
         cfg = dataclasses.replace(cfg, block_k=group)
     programs = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)

@@ -30,6 +30,8 @@ ROWS = 64  # output rows per CTA (the pair table is [256, ROWS] int32 = 64 KiB)
 # 0x55j4 takes byte j of $1 into byte 1 and zeroes bytes 2-3), then a 32-bit shared load of the two fp16
 # (the table is the kernel's only shared allocation, at offset 0 of global_smem; tests check the TTGIR).
 # With pack = 2 every input comes twice ($1 $2 word, $3 $4 rowoff, $5 $6 selector); the pair is $0.
+SEL_BASE = gl.constexpr(0x5504)  # PRMT selector of byte 0: result bytes (rowoff.b0, word.b0, 0, 0)
+SEL_PER_BYTE = gl.constexpr(16)  # + 16 * j selects byte j of the word
 LOOKUP_ASM = gl.constexpr("{ .reg .b32 a, b; prmt.b32 a, $1, $3, $5; mov.u32 b, global_smem; add.u32 a, a, b; "
                           "ld.shared.b32 $0, [a]; }")
 # a CTA-wide barrier: gl.barrier in triton >= 3.7, gl.thread_barrier before
@@ -80,7 +82,7 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
     e2_i = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(
         4, gl.SliceLayout(5, SLOT6))))))
     rowoff = (r4 * 4)[:, :, :, None, :, None] * one6
-    sel_e2 = e2_i[None, None, None, :, None, None] * one6 * 16
+    sel_e2 = e2_i[None, None, None, :, None, None] * one6 * SEL_PER_BYTE
     # x [W, t, q, g]: lanes on the diagonal g == t read their stream's 8 inputs, the others 8 zeros at
     # x_ptr + zero_off (a zero buffer at least as long as x's row, advanced in step with it)
     xw = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
@@ -109,7 +111,7 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
             b_lo, b_hi = gl.split(xv)
             words6 = words[:, :, :, None, :, None] * one6
             for h in gl.static_range(2):
-                sel = sel_e2 + (0x5504 + 32 * h)
+                sel = sel_e2 + (SEL_BASE + 2 * SEL_PER_BYTE * h)
                 wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
                                                dtype=gl.float16, is_pure=True, pack=2)
                 a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
