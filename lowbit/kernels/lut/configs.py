@@ -173,7 +173,7 @@ def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group:
     elif m <= 32:
         cfg = KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
     elif m <= 128:
-        cfg = KernelConfig(64 if m <= 64 else 128, 128, 64, 1, 8, 4 if m <= 64 else 8, 3)
+        cfg = KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
     elif dense:
         cfg = KernelConfig(128, 256, 32, 1, 8, 8, 3)
     else:
