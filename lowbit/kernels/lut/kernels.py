@@ -3,25 +3,33 @@
 One set of kernels serves lut3/lut4/sq3/sq4 (a per-row table, ``tab_stride_n = 2^b``, no
 scale) and nf4 (one shared 16-entry table, ``tab_stride_n = 0``, times the block absmax).
 
-The packing is read in two helpers only, :func:`_load_words` / :func:`_codes` (the codes of one
-K tile) and :func:`_tile_k` (which input k each tile row holds); everything else sees a K tile
-as BLOCK_K rows of codes. Today's layout (lowbit/reference/packing.py): int32 words ``[Kw, N]``,
-word ``w`` of column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS``; a tile is KW = BLOCK_K /
-LANES words, LANES = VPW rounded up to a power of two (8 for 4-bit; 16 for 3-bit words of 10
-codes, 6 rows masked). Each word is loaded once and split into its codes by a broadcast shift.
+The packing interface. Only these helpers read packed words: :func:`_load_words` + :func:`_codes`
+(the codes of K tile t as [BLOCK_K, BLOCK_N]), their transposed twins :func:`_load_words_t` +
+:func:`_codes_t` ([BLOCK_N, BLOCK_K]), and :func:`_tile_k` (the input k of each tile row and whether
+the row holds a code); on the host, ``configs.lanes`` / ``configs.tile_span`` / ``configs.num_k_tiles``
+say how many rows, inputs and tiles that is. Everything else sees a K tile as BLOCK_K rows of codes,
+so a new 3-bit packing (exact 3.0 bits per code) replaces these five helpers and those three
+functions. Today's layout (lowbit/reference/packing.py): int32 words ``[Kw, N]``, word ``w`` of
+column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS``; a tile is KW = BLOCK_K / LANES words, LANES
+= VPW rounded up to a power of two (8 for 4-bit; 16 for 3-bit words of 10 codes, 6 rows masked).
+Each word is loaded once and split into its codes by a broadcast shift.
 
-- :func:`_lut_gemv_kernel` (small M, memory-bound): CUDA-core FMA in fp32. With split-K (or
-  sq outliers) it writes fp32 partials to a workspace ``[split, M, N]`` that
-  :func:`_lut_finish_kernel` sums in split order, so results are deterministic.
-- :func:`_lut_finish_kernel`: split sum + the sq outliers of whole rows (CSR: a program's rows
-  and each row's nonzeros in stored order, no search, no atomics) + bias + cast.
-- :func:`_lut_gemm_kernel` (large M): tensor-core tiles; the decoded [BLOCK_K, BLOCK_N] tile is
-  fed to ``tl.dot`` in the activation dtype (fp32 activations use exact ieee dots). sq outliers
-  come pre-grouped by 32 x 32 weight sub-tile (stored with the weight) and are added to the
-  decoded tile with a one-hot tensor-core product.
+- :func:`_lut_gemv_kernel` (small M, CUDA cores, fp32 FMA). With split-K it writes fp32 partials
+  to a workspace ``[split, M, N]``. (M = 1 with fp16 x and 4-bit codes runs the tensor-core GEMV of
+  mma_gemv.py instead; :func:`_lut_mma_twin_kernel` is its interpreter twin.)
+- :func:`_lut_finish_kernel`: the split-K sum in split order (deterministic) + the sq outliers of
+  whole rows (CSR: a program's rows and each row's nonzeros in stored order, no search, no atomics)
+  + bias + cast.
+- :func:`_lut_gemm_kernel` (larger M): tensor-core tiles; the weight tile is decoded as
+  [BLOCK_N, BLOCK_K] (whole words per thread along K, so it reaches shared memory in vector stores)
+  and fed to ``tl.dot`` transposed; x tiles are pipelined (cp.async) by num_stages. sq outliers are
+  added by the finish kernel.
+- :func:`_lut_dequant_kernel` + :func:`_lut_scatter_kernel` + :func:`_lut_dense_gemm_kernel`: the
+  large-M route of nf4, 3-bit and sq weights (decode once into an x-dtype buffer, add the outliers
+  by row, dense GEMM).
 
 The table gather ``TABLE[n, q]`` is a global load that hits L1. Offsets that scale with M, K or
-N (activation and output rows, word rows, the split workspace) are 64-bit.
+N (activation and output rows, word rows, the split workspace, the decoded buffer) are 64-bit.
 """
 from __future__ import annotations
 

@@ -88,12 +88,19 @@ def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bias, out, 
                                num_warps=cfg.num_warps, **consts)
 
 
-def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig) -> int:
-    """fp32 elements of the split/outlier workspace a launch allocates: split * M * N when partials go
+def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig,
+                    dtype: torch.dtype = torch.float16) -> int:
+    """fp32 elements of the split/outlier workspace a call allocates: split * M * N when partials go
     through it (the large-M route's decoded weight, N * K in x's dtype, comes on top)."""
     sparse = getattr(qw.spec, "sparse", False)
-    dense = cfgs.decodes_once(path, m, qw.bits, "absmax" in qw.tensors, sparse)
-    _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config, dense)
+    nf4 = "absmax" in qw.tensors
+    dense = cfgs.decodes_once(path, m, qw.bits, nf4, sparse)
+    table = None if nf4 else qw["lut"].dtype
+    if path is KernelPath.GEMV and cfgs.mma_gemv_plan(m, dtype, qw.bits, nf4, cfgs.scale_group(qw), qw.N, qw.K,
+                                                      table, config) is not None:
+        split = config.split_k
+    else:
+        _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config, dense)
     return split * m * qw.N if split > 1 or (sparse and not dense) else 0
 
 
@@ -202,7 +209,9 @@ def _lut_linear_fake(x, qweight, lut, absmax, row_ptr, col_idx, values, bias, bi
 
 
 class LutFamily(KernelFamily):
-    """GEMV (split-K, FMA) and GEMM (tensor cores) kernels for lut3/lut4/sq3/sq4/nf4."""
+    """lut3/lut4/sq3/sq4/nf4: the GEMV (CUDA cores; tensor cores at M = 1 for fp16 x and 4-bit codes),
+    the fused-decode GEMM, the decode-once route for large M, and the finish kernel (split-K sum,
+    outliers)."""
 
     name = "lut"
     schemes = frozenset(LUT_SCHEMES | {Scheme.NF4})
