@@ -148,7 +148,10 @@ def compile_case(case: AotCase, cc: int, *, want_sass: bool = False) -> CompileR
                         expects_tensor_cores=case.expects_tensor_cores, integer_mma=case.integer_mma)
     try:
         attrs = {(case.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16}
-        src = ASTSource(case.kernel, dict(case.signature), constexprs=dict(case.constexprs), attrs=attrs)
+        src_cls = ASTSource
+        if getattr(case.kernel, "is_gluon", lambda: False)():  # a @gluon.jit kernel (triton >= 3.6)
+            from triton.experimental.gluon._runtime import GluonASTSource as src_cls
+        src = src_cls(case.kernel, dict(case.signature), constexprs=dict(case.constexprs), attrs=attrs)
         options = {"num_warps": case.config.num_warps, "num_stages": case.config.num_stages, **dict(case.options)}
         ck = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
         res, sass = _cubin_stats(ck.asm["cubin"], cc, want_sass)

@@ -259,6 +259,7 @@ class LoopFacts:
     inner_trips: object = None  # trips of loops nested in the main loop (see lowbit.kernels.sass.analyze)
     main: bool = False  # the call's main kernel (instructions per weight are reported for it)
     unused: tuple = ()  # pointer arguments the launch does not touch (dummies), left out of its bytes
+    extra_bytes: int = 0  # bytes it moves beyond its used tensor arguments (e.g. part of an unused buffer)
 
 
 def plan_launches(family, qw: QuantizedWeight, m: int, path, dtype: torch.dtype, config: KernelConfig,
@@ -278,7 +279,8 @@ def plan_launches(family, qw: QuantizedWeight, m: int, path, dtype: torch.dtype,
         case = to_case(ln, family.name, label, config)
         plans.append(LaunchPlan(label=f.label, case=case, grid=ln.grid, threads_per_cta=32 * case.config.num_warps,
                                 loop_trips=float(f.trips), weights_per_iteration=int(f.weights_per_iteration),
-                                hbm_bytes=ln.hbm_bytes(f.unused), inner_trips=f.inner_trips, main=f.main))
+                                hbm_bytes=ln.hbm_bytes(f.unused) + int(f.extra_bytes), inner_trips=f.inner_trips,
+                                main=f.main))
     if extra is not None:
         plans.extend(extra(rec))
     if sum(p.main for p in plans) != 1:

@@ -16,6 +16,8 @@ import torch
 from ..formats import LUTSpec
 from .packing import pack_codes, unpack_codes
 
+FP16_MAX = 65504.0  # tables and outliers are stored in fp16
+
 DEFAULT_ITERS = 10  # Lloyd refinements after the DP seed; beyond ~10 the error changes < 0.01%
 HIST_BINS = 64  # resolution of the DP seed; 64 is within ~1% of exact 1-D k-means on MiniLM rows
 _DP_ROW_CHUNK = 1024  # rows per DP batch (the cost tensor is [rows, H+1, H+1] float64)
@@ -127,6 +129,9 @@ def quantize(w: torch.Tensor, spec: LUTSpec, sensitivity: torch.Tensor | None = 
     n, k = w.shape
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
+    peak = float(w.abs().max())
+    if peak > FP16_MAX:
+        raise ValueError(f"weights are too large for fp16 tables and outliers (max |w| = {peak:.4g} > {FP16_MAX:g})")
     if sensitivity is None:
         weight = torch.ones(n, k, dtype=torch.float64, device=w.device)
     else:

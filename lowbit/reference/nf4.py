@@ -30,7 +30,7 @@ def quantize(w: torch.Tensor, spec: NF4Spec) -> dict[str, torch.Tensor]:
     wg = w.float().reshape(n, k // g, g)
     amax = wg.abs().amax(dim=-1)
     if bool((amax > 65504.0).any()):
-        raise ValueError("weights are too large for an fp16 absmax")
+        raise ValueError("weights are too large for fp16 absmax values (|w| > 65504 in a block)")
     a16 = amax.to(torch.float16)
     a16 = torch.where(a16 == 0, torch.ones_like(a16), a16)
     normed = wg / a16.float().unsqueeze(-1)

@@ -74,9 +74,9 @@ def test_int4_decode_plan_known_bytes_and_loop():
 
 @pytest.mark.parametrize("scheme, m, labels", [
     pytest.param("int3", 4096, ["gemm"], id="int3-prefill"),
-    pytest.param("nf4", 1, ["gemv", "zero fp32 accumulator", "cast copy fp32 -> output"], id="nf4-decode"),
-    pytest.param("sq4", 1, ["gemv", "outliers", "zero fp32 accumulator", "cast copy fp32 -> output"], id="sq4-decode"),
-    pytest.param("sq4", 4096, ["gemm", "regroup outliers by tile (torch ops)"], id="sq4-prefill"),
+    pytest.param("nf4", 1, ["mma gemv", "split-K sum"], id="nf4-decode"),
+    pytest.param("sq4", 1, ["mma gemv", "finish + outliers"], id="sq4-decode"),
+    pytest.param("sq4", 4096, ["decode weight", "scatter outliers", "dense gemm"], id="sq4-prefill"),
     pytest.param("ternary", 1, ["quantize x", "gemv", "reduce"], id="ternary-decode"),
     pytest.param("ternary", 4096, ["quantize x", "gemm"], id="ternary-prefill"),
     pytest.param("binary", 1, ["gemv", "reduce"], id="binary-decode"),
@@ -92,12 +92,14 @@ def test_every_launch_of_a_call_is_planned(scheme, m, labels):
 
 
 def test_lut_decode_bytes_skip_dummy_pointers():
-    """lut4 GEMV: the unused scale pointer (a dummy aliasing the codes) and x as dummy bias count once."""
+    """lut4 M=1 (tensor-core GEMV + split-K sum): the unused scale pointer (a dummy aliasing the codes) and
+    the output as dummy bias count once; each split writes one fp32 row of partials."""
     cfg, ps = _plans("lut4", 1)
-    gemv, zero, cast = ps
-    acc = N * 4
-    assert gemv.hbm_bytes == N * K // 2 + N * 16 * 2 + K * 2 + acc  # codes, per-row tables, x, accumulator
-    assert zero.hbm_bytes == acc and cast.hbm_bytes == acc + N * 2
+    gemv, total = ps
+    ws = cfg.split_k * N * 4
+    assert cfg.split_k > 1
+    assert gemv.hbm_bytes == N * K // 2 + N * 16 * 2 + K * 2 + ws  # codes, per-row tables, x, partials
+    assert total.hbm_bytes == ws + N * 2  # partials in, fp16 output out
 
 
 def test_sign_gemv_inner_loop_trips():

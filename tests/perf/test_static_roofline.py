@@ -5,7 +5,6 @@ fields, and a budget regression that must be caught. The last ones run the comma
 without TRITON_INTERPRET on the CI subset: every case within 5% of perf/static/budgets.json, and
 each case re-counted from its SASS dump gives the manifest's number.
 """
-import dataclasses
 import json
 import subprocess
 import sys

@@ -4,19 +4,47 @@ Register counts behind the tile limits come from the compile gate (no spills on 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 
 from ...formats import NF4Spec, QuantizedWeight, packed_words, values_per_word
-from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem
+from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem, sm_count
 
-SPARSE_CHUNK = 32  # outliers scattered into a GEMM tile per one-hot dot
-INTERP_SPARSE_CHUNK = 256  # under the CPU interpreter: each chunk is a step with fixed overhead
+FINISH_BLOCK_N = 128  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns and
+FINISH_MAX_BLOCK_M = 8  # up to this many rows (finish_block_m)
+FINISH_WARPS = 4
+# Large M: nf4, 3-bit and sq weights are decoded once into an x-dtype buffer [N, K] (outliers
+# scattered in) and multiplied by a dense tensor-core GEMM; lut4 keeps the fused decode.
+DECODE_ONCE_MIN_M = 1024
+DEQUANT_BLOCK_N = 64
+DEQUANT_BLOCK_K = 64
+DEQUANT_TILES = 16  # K tiles per dequant program
+SCATTER_BLOCK_N = 128
+# M = 1, fp16 x, 4-bit codes: the tensor-core GEMV (mma_gemv.py) owns MMA_ROWS rows per CTA; a GEMV
+# config routes there when block_m == 1, block_n == MMA_ROWS, block_k in MMA_BLOCK_K (the inputs one
+# warp consumes per loop trip) and num_warps in MMA_WARPS (one K stream per warp)
+MMA_ROWS = 64
+MMA_BLOCK_K = (32, 64)
+MMA_WARPS = (4, 8)
+GEMV_SPLITS = (1, 2, 4, 8, 16)
+GEMM_SPLITS = (1, 2, 4, 8)
 
 
-def slots(bits: int) -> int:
-    """Lanes per packed word in the GEMV tile: codes per word rounded up to a power of two."""
+def finish_block_m(m: int) -> int:
+    """Rows of x per finish program: M rounded up to a power of two, at most FINISH_MAX_BLOCK_M."""
+    return min(triton.next_power_of_2(max(m, 1)), FINISH_MAX_BLOCK_M)
+
+
+def lanes(bits: int) -> int:
+    """Rows per packed word in a K tile: codes per word rounded up to a power of two."""
     return triton.next_power_of_2(values_per_word(bits))
+
+
+def tile_span(bits: int, block_k: int) -> int:
+    """Inputs k one K tile of `block_k` rows covers."""
+    return max(block_k // lanes(bits), 1) * values_per_word(bits)
 
 
 def scale_group(qw: QuantizedWeight) -> int:
@@ -26,74 +54,183 @@ def scale_group(qw: QuantizedWeight) -> int:
     return 0
 
 
-def scale_row(group: int, span: int) -> bool:
-    """Whether every K tile of `span` codes (tiles start at multiples of span) sits in one scale group."""
-    return group == 0 or group % span == 0
+def num_k_tiles(k: int, bits: int, block_k: int) -> int:
+    """K tiles of `block_k` rows over K inputs of `bits`-bit codes."""
+    return triton.cdiv(packed_words(k, bits), max(block_k // lanes(bits), 1))
+
+
+def decodes_once(path: KernelPath, m: int, bits: int, nf4: bool, sparse: bool) -> bool:
+    """Whether a call decodes the weight once into a dense buffer and runs the dense GEMM: large-M GEMM
+    calls of nf4 (its fp32 table-times-absmax decode costs twice lut4's in the fused loop), 3-bit
+    (today's 10-codes-per-word layout wastes 6 of 16 tile rows) and sq (outliers cannot be added to a
+    fused tile cheaply, but scatter into the buffer at one store each)."""
+    return path is KernelPath.GEMM and m >= DECODE_ONCE_MIN_M and (nf4 or sparse or bits == 3)
+
+
+def dequant_block_k(bits: int, group: int) -> int:
+    """K rows per dequant tile: DEQUANT_BLOCK_K, inside one NF4 group, at least one word."""
+    bk = min(DEQUANT_BLOCK_K, group) if group else DEQUANT_BLOCK_K
+    return max(bk, lanes(bits))
+
+
+def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig, dense: bool = False) -> tuple[int, int]:
+    """(tiles per split, splits): no split is left empty and the workspace split*M*N stays < 2^31.
+    `dense`: K tiles of the dense GEMM (block_k inputs each) instead of packed words."""
+    tiles = triton.cdiv(k, cfg.block_k) if dense else num_k_tiles(k, bits, cfg.block_k)
+    split = max(1, min(cfg.split_k, tiles))
+    while split > 1 and split * m * n >= 2 ** 31:
+        split //= 2
+    per = triton.cdiv(tiles, split)
+    return per, triton.cdiv(tiles, per)
+
+
+def mma_gemv_plan(m: int, dtype: torch.dtype, bits: int, nf4: bool, group: int, n: int, k: int,
+                  table_dtype: torch.dtype | None, cfg: KernelConfig) -> int | None:
+    """Words per K stream when this GEMV call runs the tensor-core kernel (or its interpreter twin), else
+    None: M = 1, fp16 x, 4-bit codes with an fp16 table (or NF4), a config of the MMA shape, whole CTAs
+    of MMA_ROWS rows, K split into split_k * num_warps equal streams of whole loop trips (and of whole
+    NF4 groups), and word offsets below 2^31 (the kernel indexes words in 32 bits)."""
+    if m != 1 or dtype != torch.float16 or bits != 4 or (not nf4 and table_dtype != torch.float16):
+        return None
+    if (cfg.block_m, cfg.block_n) != (1, MMA_ROWS) or cfg.block_k not in MMA_BLOCK_K or cfg.num_warps not in MMA_WARPS:
+        return None
+    kw = packed_words(k, bits)
+    unroll = cfg.block_k // 8
+    streams = cfg.split_k * cfg.num_warps
+    if n % MMA_ROWS or kw % (streams * unroll) or kw * n >= 2 ** 31:
+        return None
+    wps = kw // streams
+    if nf4 and group:
+        gw = group // 8
+        if gw % unroll or wps % gw:
+            return None
+    return wps
+
+
+def mma_gemv_config(n: int, k: int, nf4: bool, group: int) -> KernelConfig | None:
+    """The tensor-core GEMV config for an [N, K] 4-bit weight at M = 1 (None when no split fits): 8 warps,
+    64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until a CTA per SM (each CTA
+    holds a 64 KiB table and 8 warps of loads in flight; more splits rebuild more tables)."""
+    bk = 32 if nf4 and group == 32 else 64
+    for warps in (8, 4):
+        best = None
+        for split in GEMV_SPLITS:
+            cfg = KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1)
+            if mma_gemv_plan(1, torch.float16, 4, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
+                continue
+            best = cfg
+            if triton.cdiv(n, MMA_ROWS) * split >= sm_count():
+                break
+        if best is not None:
+            return best
+    return None
 
 
 def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dtype: torch.dtype) -> str | None:
-    """Why `cfg` cannot run on `path` (None when it can): the shared power-of-two and tl.dot rules."""
-    return common_config_problem(path, cfg)
+    """Why `cfg` cannot run `qw` on `path` (None when it can): the shared rules, a K tile of at least
+    one word, NF4 tiles inside one absmax group."""
+    problem = common_config_problem(path, cfg)
+    if problem:
+        return problem
+    if cfg.block_k < lanes(qw.bits):
+        return f"block_k={cfg.block_k} is smaller than one {qw.bits}-bit word ({lanes(qw.bits)} rows)"
+    group = scale_group(qw)
+    if group and tile_span(qw.bits, cfg.block_k) > group:  # (any M: the config does not know the route)
+        return f"block_k={cfg.block_k} spans more than one absmax group of {group}"
+    return None
 
 
 def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfig:
-    """BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K = 128 slots keeps the 3-D product at <= 64
-    values per thread; NF4 tiles stay inside one absmax group (one vector load per tile);
-    split-K until the grid has ~2 programs per SM, keeping >= 8 K steps per split."""
-    sl = slots(bits)
+    """The CUDA-core GEMV: BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K <= 128 rows keeps the 3-D product
+    at <= 64 values per thread; 3-bit words (16 rows, 10 live) at M = 1 take 8 warps x 128 columns x
+    256 rows, the largest tile without spills; NF4 tiles stay inside one absmax group; split-K until the
+    grid has ~2 programs per SM, keeping >= 16 K tiles per split."""
+    sl = lanes(bits)
     bm = min(triton.next_power_of_2(max(m, 1)), 8)
     bn = 64 if n >= 64 * 32 else 32
-    bk = max(sl, 128 // bm)
+    bk = max(sl, (64 if bits == 3 else 128) // bm)
+    warps = 4
+    if bits == 3 and bm == 1 and n >= 128 * 32:
+        bn, bk, warps = 128, 256, 8
     if group:
         bk = max(sl, min(bk, group))
-    steps = triton.cdiv(packed_words(k, bits), bk // sl)
+    steps = num_k_tiles(k, bits, bk)
     blocks = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     split = 1
-    while split < 16 and blocks * split < TARGET_PROGRAMS and steps >= 16 * split:
+    while split < GEMV_SPLITS[-1] and blocks * split < TARGET_PROGRAMS and steps >= 16 * split:
         split *= 2
-    return KernelConfig(bm, bn, bk, split, 1, 4, 2)
+    return KernelConfig(bm, bn, bk, split, 1, warps, 2)
 
 
-def gemm_heuristic(m: int, dtype: torch.dtype) -> KernelConfig:
-    """Tensor-core tiles growing with M; fp32 (ieee FMA dots) uses small tiles to avoid spills."""
+def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group: int = 0,
+                   dense: bool = False) -> KernelConfig:
+    """Tensor-core tiles growing with M. The weight tile is decoded once per M tile, so large M takes
+    BLOCK_M = 256 (half the decode work of 128 per multiply-add). Small grids split K (fixed-order
+    reduce) up to ~2 waves. fp32 (ieee FMA dots) uses small tiles to avoid spills. BLOCK_K = 64
+    (a whole outlier sub-tile band per K step for sq), or the NF4 group when smaller."""
     if dtype == torch.float32:
-        return KernelConfig(16, 64, 16, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 16, 1, 8, 4, 2)
-    if m <= 32:
-        return KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
-    return KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
+        cfg = KernelConfig(16, 64, 32, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 32, 1, 8, 4, 2)
+    elif m <= 32:
+        cfg = KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
+    elif m <= 128:
+        cfg = KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
+    elif dense:
+        cfg = KernelConfig(128, 256, 32, 1, 8, 8, 3)
+    else:
+        cfg = KernelConfig(256, 128, 32, 1, 8, 8, 3)
+    if group and group < cfg.block_k:
+        cfg = dataclasses.replace(cfg, block_k=group)
+    programs = triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n)
+    tiles = triton.cdiv(k, cfg.block_k) if dense else num_k_tiles(k, bits, cfg.block_k)
+    split = 1
+    while split < GEMM_SPLITS[-1] and programs * split < TARGET_PROGRAMS and tiles >= 16 * split:
+        split *= 2
+    return dataclasses.replace(cfg, split_k=split)
 
 
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
+        nf4 = isinstance(qw.spec, NF4Spec)
+        if m == 1 and dtype == torch.float16 and qw.bits == 4:
+            cfg = mma_gemv_config(qw.N, qw.K, nf4, scale_group(qw))
+            if cfg is not None:
+                return cfg
         return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw))
-    return gemm_heuristic(m, dtype)
+    dense = decodes_once(path, m, qw.bits, isinstance(qw.spec, NF4Spec), getattr(qw.spec, "sparse", False))
+    return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype, scale_group(qw), dense)
 
 
 def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtype) -> list[KernelConfig]:
-    """GEMV: per-thread tile of 16..128 values, split-K 1..8; GEMM: tensor-core tiles within the shared
-    budget and 128 accumulator/operand values per thread; fp32 GEMM: small ieee-dot tiles only."""
+    """GEMV: per-thread tile of 16..128 values, split-K 1..8, plus the tensor-core M = 1 configs; GEMM: tensor-core tiles within the shared
+    budget and 128 accumulator/operand values per thread, split-K 1..4 for small M tiles; fp32 GEMM:
+    small ieee-dot tiles only. Pruned by config_problem when `qw` is given."""
     out = []
     if path is KernelPath.GEMM and dtype == torch.float32:  # ieee FMA dots: larger tiles spill
-        return [KernelConfig(bm, bn, bk, 1, 8, 4, 2) for bm in (16, 32) for bn in (32, 64) for bk in (16, 32)]
-    if path is KernelPath.GEMV:
-        min_k = slots(qw.bits) if qw is not None else 16
+        out = [KernelConfig(bm, bn, bk, 1, 8, 4, 2) for bm in (16, 32) for bn in (32, 64) for bk in (16, 32)]
+    elif path is KernelPath.GEMV:
         for bm in (1, 2, 4, 8):
             for bn in (32, 64, 128):
                 for bk in (32, 64, 128, 256):
                     for warps in (4, 8):
                         per_thread = bm * bk * bn // (32 * warps)
-                        if bk < min_k or not 16 <= per_thread <= 128:
+                        if not 16 <= per_thread <= 128:
                             continue
                         for split in (1, 2, 4, 8):
                             out.append(KernelConfig(bm, bn, bk, split, 1, warps, 2))
-        return out
-    for bm in (16, 32, 64, 128):
-        for bn in (32, 64, 128, 256):
-            for bk in (32, 64, 128):
-                for warps in (4, 8):
-                    for stages in (2, 3, 4):
-                        smem = stages * (bm * bk + bk * bn) * 2
-                        if smem > SHARED_BUDGET or bm * bn // (32 * warps) > 128 or bk * bn // (32 * warps) > 128:
-                            continue
-                        out.append(KernelConfig(bm, bn, bk, 1, 8, warps, stages))
+        # the tensor-core M = 1 configs (used for fp16 x and 4-bit codes, see mma_gemv_plan)
+        out += [KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1) for bk in MMA_BLOCK_K for warps in MMA_WARPS
+                for split in (1, 2, 4, 8)]
+    else:
+        for bm in (16, 32, 64, 128):
+            for bn in (32, 64, 128, 256):
+                for bk in (32, 64, 128):
+                    for warps in (4, 8):
+                        for stages in (2, 3, 4):
+                            smem = stages * (bm * bk + bk * bn) * 2
+                            if smem > SHARED_BUDGET or bm * bn // (32 * warps) > 128 or bk * bn // (32 * warps) > 128:
+                                continue
+                            for split in ((1, 2, 4) if bm <= 32 else (1,)):
+                                out.append(KernelConfig(bm, bn, bk, split, 8, warps, stages))
+    if qw is not None:
+        out = [c for c in out if config_problem(path, c, qw, dtype) is None]
     return out

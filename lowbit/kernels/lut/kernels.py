@@ -1,191 +1,383 @@
 """Triton kernels for lookup-table weights: W[n, k] = TABLE[n, q[k, n]] (* SCALE[k // GROUP, n]).
 
-One pair of kernels serves lut3/lut4/sq3/sq4 (a per-row table, ``tab_stride_n = 2^b``, no
+One set of kernels serves lut3/lut4/sq3/sq4 (a per-row table, ``tab_stride_n = 2^b``, no
 scale) and nf4 (one shared 16-entry table, ``tab_stride_n = 0``, times the block absmax).
-Codes come in the shared packing (lowbit/reference/packing.py): int32 words ``[Kw, N]``, word
-``w`` of column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS`` (VPW = 10 for 3-bit, 8 for 4-bit).
 
-- :func:`_lut_gemv_kernel` (small M, memory-bound): a K tile is ``BLOCK_K`` *slots*, ``SLOTS``
-  per word (VPW rounded up to a power of two), so each word is loaded once per column and
-  3-bit words decode with one shift and one mask; padding slots are masked out. FMA in fp32,
-  no tensor cores; split-K partial sums go to an fp32 buffer with atomics.
-- :func:`_lut_gemm_kernel` (large M): tensor-core tiles; the dequantized [BLOCK_K, BLOCK_N]
-  tile is built in registers in the K loop and fed to ``tl.dot`` in the activation dtype
-  (fp32 activations use exact ``input_precision="ieee"`` dots).
+The packing interface. Only these helpers read packed words: :func:`_load_words` + :func:`_codes`
+(the codes of K tile t as [BLOCK_K, BLOCK_N]), their transposed twins :func:`_load_words_t` +
+:func:`_codes_t` ([BLOCK_N, BLOCK_K]), and :func:`_tile_k` (the input k of each tile row and whether
+the row holds a code); on the host, ``configs.lanes`` / ``configs.tile_span`` / ``configs.num_k_tiles``
+say how many rows, inputs and tiles that is. Everything else sees a K tile as BLOCK_K rows of codes,
+so a new 3-bit packing (exact 3.0 bits per code) replaces these five helpers and those three
+functions. Today's layout (lowbit/reference/packing.py): int32 words ``[Kw, N]``, word ``w`` of
+column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS``; a tile is KW = BLOCK_K / LANES words, LANES
+= VPW rounded up to a power of two (8 for 4-bit; 16 for 3-bit words of 10 codes, 6 rows masked).
+Each word is loaded once and split into its codes by a broadcast shift.
 
-The table gather ``TABLE[n, q]`` is a global load that hits L1 (a row block's tables are
-BLOCK_N * 2^b values). Bias is added in the epilogue by split 0 only; the output pointer's
-element type (the activation dtype, or fp32 for the sparse/split-K accumulator) sets the cast.
+- :func:`_lut_gemv_kernel` (small M, CUDA cores, fp32 FMA). With split-K it writes fp32 partials
+  to a workspace ``[split, M, N]``. (M = 1 with fp16 x and 4-bit codes runs the tensor-core GEMV of
+  mma_gemv.py instead; :func:`_lut_mma_twin_kernel` is its interpreter twin.)
+- :func:`_lut_finish_kernel`: the split-K sum in split order (deterministic) + the sq outliers of
+  whole rows (CSR: a program's rows and each row's nonzeros in stored order, no search, no atomics)
+  + bias + cast.
+- :func:`_lut_gemm_kernel` (larger M): tensor-core tiles; the weight tile is decoded as
+  [BLOCK_N, BLOCK_K] (whole words per thread along K, so it reaches shared memory in vector stores)
+  and fed to ``tl.dot`` transposed; x tiles are pipelined (cp.async) by num_stages. sq outliers are
+  added by the finish kernel.
+- :func:`_lut_dequant_kernel` + :func:`_lut_scatter_kernel` + :func:`_lut_dense_gemm_kernel`: the
+  large-M route of nf4, 3-bit and sq weights (decode once into an x-dtype buffer, add the outliers
+  by row, dense GEMM).
+
+The table gather ``TABLE[n, q]`` is a global load that hits L1. Offsets that scale with M, K or
+N (activation and output rows, word rows, the split workspace, the decoded buffer) are 64-bit.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ..jit import add_bias, grouped_tile, store_tile
+from ..jit import add_bias, grouped_tile, store_tile, sum_splits
 
 
+# -- the packing interface: the codes of one K tile and the input k of each of its rows ----------
 @triton.jit
-def _decode_tile(qw_ptr, tab_ptr, scale_ptr, widx, shift, k, k0, kmask, offs_n, nmask, N,
-                 tab_stride_n, BITS: tl.constexpr, GROUP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                 SCALE_ROW: tl.constexpr):
-    """The fp32 weight tile [len(widx), BLOCK_N] for codes in words `widx` at bit offsets `shift`.
+def _load_words(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr):
+    """The [KW, BLOCK_N] int32 words of K tile `t` (zeros when t >= t_end or past the last word).
 
-    With SCALE_ROW the whole K span of the tile (starting at k0) lies in one scale group, so
-    the scale is one [BLOCK_N] vector load instead of a gather per element.
+    `w_ptrs` = qw_ptr + r * N + n for the tile's word rows r < KW; the tile's base row t * KW
+    is added in 64 bits, so Kw * N may pass 2^31.
     """
-    mask = kmask[:, None] & nmask[None, :]
-    words = tl.load(qw_ptr + widx[:, None] * N + offs_n[None, :], mask=mask, other=0)
-    q = (words >> shift[:, None]) & ((1 << BITS) - 1)
-    val = tl.load(tab_ptr + offs_n[None, :] * tab_stride_n + q, mask=mask, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        if SCALE_ROW:  # always the case for GROUP == 0 (per channel: one group)
-            g0 = k0 * 0
-            if GROUP != 0:
-                g0 = k0 // GROUP
-            s = tl.load(scale_ptr + g0 * N + offs_n, mask=nmask, other=0.0)
-            val = val * s.to(tl.float32)[None, :]
-        else:
-            g = k // GROUP
-            s = tl.load(scale_ptr + g[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
-            val = val * s.to(tl.float32)
-    return tl.where(mask, val, 0.0)
+    wi = t * KW + tl.arange(0, KW)
+    ok = (wi < KW_TOTAL) & (wi < t_end * KW)  # vector compares only (the interpreter mistypes scalar ones)
+    return tl.load(w_ptrs + tl.cast(t * KW, tl.int64) * N, mask=tl.broadcast_to(ok[:, None], w_ptrs.shape), other=0)
 
 
 @triton.jit
-def _lut_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr,
-                    M, N, K, KW, stride_xm, stride_om, stride_on, tab_stride_n, words_per_split,
-                    BITS: tl.constexpr, VPW: tl.constexpr, SLOTS: tl.constexpr, GROUP: tl.constexpr,
-                    HAS_SCALE: tl.constexpr, SCALE_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, ATOMIC: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Split-K GEMV: program (n block, K split, m block) accumulates x[m, k] * W[n, k] in fp32."""
+def _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr):
+    """As _load_words, transposed: [BLOCK_N, KW] (w_ptrs = qw_ptr + r * N + n laid out [BLOCK_N, KW])."""
+    wi = t * KW + tl.arange(0, KW)
+    ok = (wi < KW_TOTAL) & (wi < t_end * KW)
+    return tl.load(w_ptrs + tl.cast(t * KW, tl.int64) * N, mask=tl.broadcast_to(ok[None, :], w_ptrs.shape), other=0)
+
+
+@triton.jit
+def _codes_t(words, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """As _codes, transposed: [BLOCK_N, KW] words -> [BLOCK_N, BLOCK_K] codes (column = word * LANES + lane)."""
+    lane = tl.arange(0, LANES)
+    shift = tl.where(lane < VPW, lane * BITS, 0)
+    q = (words[:, :, None] >> shift[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(q, [BLOCK_N, BLOCK_K])
+
+
+@triton.jit
+def _codes(words, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
+           BLOCK_N: tl.constexpr):
+    """Split [KW, BLOCK_N] words into their codes, [BLOCK_K, BLOCK_N] (row = word * LANES + lane)."""
+    lane = tl.arange(0, LANES)
+    shift = tl.where(lane < VPW, lane * BITS, 0)  # padding lanes of 3-bit words: any valid shift
+    q = (words[:, None, :] >> shift[None, :, None]) & ((1 << BITS) - 1)
+    return tl.reshape(q, [BLOCK_K, BLOCK_N])
+
+
+@triton.jit
+def _tile_k(t, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Input index k of every row of K tile `t`, [BLOCK_K], and whether the row holds a code."""
+    KW: tl.constexpr = BLOCK_K // LANES
+    r = tl.arange(0, BLOCK_K)
+    if LANES == VPW:
+        kk = t * BLOCK_K + r
+        lane_ok = r >= 0
+    else:
+        kk = t * (KW * VPW) + (r // LANES) * VPW + (r % LANES)
+        lane_ok = (r % LANES) < VPW
+    return kk, lane_ok
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+@triton.jit
+def _tile_scale(scale_ptr, t, offs_nc, N, SPAN: tl.constexpr, GROUP: tl.constexpr):
+    """fp32 [BLOCK_N] scale of the group holding K tile `t` (tiles never straddle groups; GROUP = 0:
+    one group per row)."""
+    if GROUP == 0:
+        return tl.load(scale_ptr + offs_nc).to(tl.float32)
+    else:
+        g = (t * SPAN) // GROUP
+        return tl.load(scale_ptr + tl.cast(g, tl.int64) * N + offs_nc).to(tl.float32)
+
+
+@triton.jit
+def _lut_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_ptr,
+                     M, N, K, KW_TOTAL, stride_xm, stride_om, tab_stride_n, tiles_per_split, to_ws,
+                     BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, GROUP: tl.constexpr,
+                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Split-K GEMV: program (n block, K split, m block) accumulates x[m, k] * W[n, k] in fp32.
+
+    `to_ws` (split-K or sq outliers): fp32 partials go to ws[split, M, N] for _lut_finish_kernel;
+    otherwise bias + cast straight into out.
+    """
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_m = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = offs_m < M
-    nmask = offs_n < N
-    slot = tl.arange(0, BLOCK_K)
-    w_local = slot // SLOTS
-    lane = slot % SLOTS
-    live_lane = lane < VPW
-    shift = tl.where(live_lane, lane, 0) * BITS
-    w_begin = pid_s * words_per_split
-    w_end = tl.minimum(w_begin + words_per_split, KW)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for w0 in range(w_begin, w_end, BLOCK_K // SLOTS):
-        widx = w0 + w_local
-        k = widx * VPW + lane
-        kmask = live_lane & (widx < w_end) & (k < K)
-        w = _decode_tile(qw_ptr, tab_ptr, scale_ptr, widx, shift, k, w0 * VPW, kmask, offs_n, nmask, N,
-                         tab_stride_n, BITS, GROUP, HAS_SCALE, SCALE_ROW)
-        xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
-                     mask=mmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(xv[:, :, None] * w[None, :, :], axis=1)
-    if HAS_BIAS:
-        b = tl.load(bias_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-        acc += tl.where(pid_s == 0, b, 0.0)[None, :]  # once, by split 0
-    optr = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    omask = mmask[:, None] & nmask[None, :]
-    if ATOMIC:
-        tl.atomic_add(optr, acc, mask=omask)
+    m_mask = offs_m < M
+    offs_nc = tl.minimum(offs_n, N - 1)  # clamped: tail columns read valid memory and are not stored
+    KW: tl.constexpr = BLOCK_K // LANES
+    SPAN: tl.constexpr = KW * VPW
+    w_ptrs = qw_ptr + tl.arange(0, KW)[:, None] * N + offs_nc[None, :]
+    tab_rows = tab_ptr + offs_nc * tab_stride_n
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    t_begin = pid_s * tiles_per_split
+    t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(KW_TOTAL, KW))
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    words = _load_words(w_ptrs, t_begin, t_end, KW_TOTAL, N, KW)
+    for t in range(t_begin, t_end):
+        # prefetch the next tile's words so two tiles of weight loads are in flight per program
+        nxt = _load_words(w_ptrs, t + 1, t_end, KW_TOTAL, N, KW)
+        q = _codes(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        words = nxt
+        w = tl.load(tab_rows[None, :] + q).to(tl.float32)
+        kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
+        xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & ((kk < K) & lane_ok)[None, :],
+                     other=0.0).to(tl.float32)
+        part = tl.sum(xt[:, :, None] * w[None, :, :], axis=1)
+        if HAS_SCALE:
+            part = part * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[None, :]
+        acc += part
+    if to_ws:
+        store_tile(ws_ptr + pid_s.to(tl.int64) * M * N, acc, offs_m, offs_n, M, N, N, 1)
     else:
-        tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=omask)
+        if HAS_BIAS:
+            acc = add_bias(acc, bias_ptr, offs_n, N)
+        store_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, 1)
 
 
 @triton.jit
-def _add_tile_outliers(w, tile_ptr, kl_ptr, nl_ptr, sv_ptr, t, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                       CHUNK: tl.constexpr, IEEE_DOT: tl.constexpr):
-    """w [BLOCK_K, BLOCK_N] += the outliers of tile t, scattered by a one-hot product A @ B.
+def _lut_finish_kernel(ws_ptr, x_ptr, row_ptr_ptr, col_ptr, val_ptr, bias_ptr, out_ptr,
+                       M, N, K, NNZ, split_k, stride_xm, stride_om,
+                       HAS_SPARSE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out = sum_s ws[s] (split order) + x . S^T (sq outliers) + bias, cast; grid (N tiles, M tiles).
 
-    A[k, j] = val_j where k_j == k, B[j, n] = 1 where n_j == n; each (k, n) holds at most one
-    outlier, so the fp16 tensor-core product is exact (fp32 activations use an ieee dot).
+    The outliers of the program's rows are read as CSR: row n's nonzeros row_ptr[n] .. row_ptr[n+1]
+    in stored order, all rows of the tile in step, so the sum is deterministic and needs no search
+    or atomics. Indices outside [0, NNZ) and columns outside [0, K) are masked: a corrupted CSR
+    gives wrong numbers, never an out-of-bounds read.
     """
-    start = tl.load(tile_ptr + t)
-    end = tl.load(tile_ptr + t + 1)
-    rk = tl.arange(0, BLOCK_K)
-    rn = tl.arange(0, BLOCK_N)
-    for j0 in range(start, end, CHUNK):
-        j = j0 + tl.arange(0, CHUNK)
-        live = j < end
-        kl = tl.load(kl_ptr + j, mask=live, other=-1)
-        nl = tl.load(nl_ptr + j, mask=live, other=-1)
-        v = tl.load(sv_ptr + j, mask=live, other=0.0)
-        if IEEE_DOT:
-            a = tl.where(rk[:, None] == kl[None, :], v.to(tl.float32)[None, :], 0.0)
-            b = tl.where(nl[:, None] == rn[None, :], 1.0, 0.0)
-            w += tl.dot(a, b, input_precision="ieee")
-        else:
-            a = tl.where(rk[:, None] == kl[None, :], v.to(tl.float16)[None, :], 0.0).to(tl.float16)
-            b = tl.where(nl[:, None] == rn[None, :], 1.0, 0.0).to(tl.float16)
-            w += tl.dot(a, b)
-    return w
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    acc = sum_splits(ws_ptr, rm, rn, M, N, split_k, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
+    if HAS_SPARSE:
+        n_mask = rn < N
+        m_mask = rm < M
+        start = tl.load(row_ptr_ptr + rn, mask=n_mask, other=0)
+        count = tl.where(n_mask, tl.load(row_ptr_ptr + rn + 1, mask=n_mask, other=0) - start, 0)
+        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+        for j in range(0, tl.max(count, axis=0)):
+            idx = start + j
+            live = (j < count) & (idx >= 0) & (idx < NNZ)
+            col = tl.load(col_ptr + idx, mask=live, other=0)
+            val = tl.load(val_ptr + idx, mask=live, other=0.0).to(tl.float32)
+            live = live & (col >= 0) & (col < K)
+            xv = tl.load(x_rows + col[None, :], mask=m_mask[:, None] & live[None, :], other=0.0).to(tl.float32)
+            acc += xv * val[None, :]
+    if HAS_BIAS:
+        acc = add_bias(acc, bias_ptr, rn, N)
+    store_tile(out_ptr, acc, rm, rn, M, N, stride_om, 1)
 
 
 @triton.jit
-def _lut_gemm_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr,
-                    tile_ptr, kl_ptr, nl_ptr, sv_ptr,
-                    M, N, K, stride_xm, stride_om, stride_on, tab_stride_n,
-                    BITS: tl.constexpr, VPW: tl.constexpr, GROUP: tl.constexpr,
-                    HAS_SCALE: tl.constexpr, SCALE_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE_DOT: tl.constexpr,
-                    HAS_SPARSE: tl.constexpr, SPARSE_CHUNK: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    GROUP_M: tl.constexpr):
-    """Tensor-core GEMM with the LUT dequantization in the K loop (grouped tile order).
+def _lut_gemm_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_ptr,
+                     M, N, K, KW_TOTAL, stride_xm, stride_om, tab_stride_n, tiles_per_split, to_ws,
+                     BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, GROUP: tl.constexpr,
+                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE_DOT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     GROUP_M: tl.constexpr):
+    """Tensor-core GEMM with the LUT decode in the K loop (grouped tile order).
 
-    With HAS_SPARSE, the sq outliers of each [BLOCK_K, BLOCK_N] weight tile (a per-tile COO
-    list from launch.tile_outliers) are added to the dequantized tile before the dot.
+    The weight tile is decoded as [BLOCK_N, BLOCK_K] (each thread holds whole words' codes along K,
+    so the tile reaches shared memory in vector stores) and fed to tl.dot transposed. It is built
+    straight in fp16 from an fp16 table, or in fp32 (NF4: table x absmax, one rounding at the cast,
+    the same value as fp32 math then a cast), then cast to x's dtype. Grid (tiles, split); with
+    `to_ws` the fp32 partials go to ws[split, M, N] for _lut_finish_kernel.
     """
+    pid_s = tl.program_id(1)
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    num_n = tl.cdiv(N, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = offs_m < M
-    nmask = offs_n < N
+    m_mask = offs_m < M
+    offs_nc = tl.minimum(offs_n, N - 1)
+    KW: tl.constexpr = BLOCK_K // LANES
+    SPAN: tl.constexpr = KW * VPW
+    w_ptrs = qw_ptr + tl.arange(0, KW)[None, :] * N + offs_nc[:, None]
+    tab_rows = tab_ptr + offs_nc[:, None] * tab_stride_n
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    t_begin = pid_s * tiles_per_split
+    t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(KW_TOTAL, KW))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        kmask = k < K
-        xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :],
-                     mask=mmask[:, None] & kmask[None, :], other=0.0)
-        w = _decode_tile(qw_ptr, tab_ptr, scale_ptr, k // VPW, (k % VPW) * BITS, k, k0, kmask, offs_n,
-                         nmask, N, tab_stride_n, BITS, GROUP, HAS_SCALE, SCALE_ROW)
-        if HAS_SPARSE:
-            w = _add_tile_outliers(w, tile_ptr, kl_ptr, nl_ptr, sv_ptr, (k0 // BLOCK_K) * num_n + pid_n,
-                                   BLOCK_K, BLOCK_N, SPARSE_CHUNK, IEEE_DOT)
-        if IEEE_DOT:
-            acc += tl.dot(xv.to(tl.float32), w, input_precision="ieee")
+    for t in range(t_begin, t_end):
+        words = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW)
+        q = _codes_t(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
+        a = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & ((kk < K) & lane_ok)[None, :], other=0.0)
+        if HAS_SCALE:
+            wt = tl.load(tab_rows + q).to(tl.float32) * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[:, None]
         else:
-            acc += tl.dot(xv, w.to(xv.dtype))
-    if HAS_BIAS:
-        acc = add_bias(acc, bias_ptr, offs_n, N)
-    store_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, stride_on)
+            wt = tl.load(tab_rows + q)
+        if IEEE_DOT:
+            acc = tl.dot(a, tl.trans(wt.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, tl.trans(wt.to(a.dtype)), acc)
+    if to_ws:
+        store_tile(ws_ptr + pid_s.to(tl.int64) * M * N, acc, offs_m, offs_n, M, N, N, 1)
+    else:
+        if HAS_BIAS:
+            acc = add_bias(acc, bias_ptr, offs_n, N)
+        store_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, 1)
+
+
+# -- large M, when the fused decode costs more than it saves: decode once, then an fp16 GEMM -------
+@triton.jit
+def _lut_dequant_kernel(qw_ptr, tab_ptr, scale_ptr, w_ptr, N, K, KW_TOTAL, tab_stride_n, tiles_per_prog,
+                        BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, GROUP: tl.constexpr,
+                        HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """w[n, k] = the decoded weight (dense part; NF4 times absmax, rounded once), in w's dtype, [N, K]
+    row-major; grid (N tiles, K-tile groups of `tiles_per_prog`)."""
+    pid_n = tl.program_id(0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_nc = tl.minimum(offs_n, N - 1)
+    KW: tl.constexpr = BLOCK_K // LANES
+    SPAN: tl.constexpr = KW * VPW
+    w_ptrs = qw_ptr + tl.arange(0, KW)[None, :] * N + offs_nc[:, None]
+    tab_rows = tab_ptr + offs_nc[:, None] * tab_stride_n
+    out_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    t_begin = tl.program_id(1) * tiles_per_prog
+    t_end = tl.minimum(t_begin + tiles_per_prog, tl.cdiv(KW_TOTAL, KW))
+    for t in range(t_begin, t_end):
+        words = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW)
+        q = _codes_t(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        if HAS_SCALE:
+            val = tl.load(tab_rows + q).to(tl.float32) * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[:, None]
+        else:
+            val = tl.load(tab_rows + q)
+        kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
+        tl.store(out_rows + kk[None, :], val.to(w_ptr.dtype.element_ty),
+                 mask=n_mask[:, None] & ((kk < K) & lane_ok)[None, :])
 
 
 @triton.jit
-def _lut_outlier_kernel(x_ptr, row_ptr_ptr, col_ptr, val_ptr, acc_ptr,
-                       M, N, K, NNZ, stride_xm, stride_am, search_steps,
-                       BLOCK_NNZ: tl.constexpr, BLOCK_M: tl.constexpr):
-    """acc[m, row(j)] += x[m, col[j]] * val[j] for one chunk of nonzeros and one block of rows."""
-    pid = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    j = pid * BLOCK_NNZ + tl.arange(0, BLOCK_NNZ)
-    live = j < NNZ
-    col = tl.load(col_ptr + j, mask=live, other=0)
-    val = tl.load(val_ptr + j, mask=live, other=0.0).to(tl.float32)
-    live = live & (col >= 0) & (col < K)
-    # largest r in [0, N) with row_ptr[r] <= j: invariant lo < hi, answer in [lo, hi)
-    lo = tl.zeros((BLOCK_NNZ,), dtype=tl.int32)
-    hi = tl.zeros((BLOCK_NNZ,), dtype=tl.int32) + N
-    for _ in range(search_steps):
-        active = hi - lo > 1
-        mid = (lo + hi) // 2
-        rp = tl.load(row_ptr_ptr + mid, mask=active, other=0)
-        right = rp <= j
-        lo = tl.where(active & right, mid, lo)
-        hi = tl.where(active & (~right), mid, hi)
+def _lut_scatter_kernel(row_ptr_ptr, col_ptr, val_ptr, w_ptr, N, K, NNZ, BLOCK_N: tl.constexpr):
+    """w[n, col_j] += val_j for the sq outliers j of the program's rows (CSR, stored order; a repeated
+    position adds twice, as in the reference). Indices are masked to [0, NNZ) and columns to [0, K)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rn < N
+    start = tl.load(row_ptr_ptr + rn, mask=n_mask, other=0)
+    count = tl.where(n_mask, tl.load(row_ptr_ptr + rn + 1, mask=n_mask, other=0) - start, 0)
+    rows = w_ptr + rn.to(tl.int64) * K
+    for j in range(0, tl.max(count, axis=0)):
+        idx = start + j
+        live = (j < count) & (idx >= 0) & (idx < NNZ)
+        col = tl.load(col_ptr + idx, mask=live, other=0)
+        val = tl.load(val_ptr + idx, mask=live, other=0.0).to(tl.float32)
+        live = live & (col >= 0) & (col < K)
+        cur = tl.load(rows + col, mask=live, other=0.0).to(tl.float32)
+        tl.store(rows + col, (cur + val).to(w_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _lut_dense_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, stride_xm, stride_om,
+                           tiles_per_split, to_ws, HAS_BIAS: tl.constexpr, IEEE_DOT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr):
+    """y = x . w^T for a dense w [N, K] in x's dtype (from _lut_dequant_kernel), tensor cores,
+    grouped tile order, grid (tiles, split); the epilogue is the fused kernels'."""
+    pid_s = tl.program_id(1)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask = (offs_m < M)[:, None] & live[None, :]
-    xv = tl.load(x_ptr + offs_m[:, None] * stride_xm + col[None, :], mask=mask, other=0.0).to(tl.float32)
-    tl.atomic_add(acc_ptr + offs_m[:, None] * stride_am + lo[None, :], xv * val[None, :], mask=mask)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
+    t_begin = pid_s * tiles_per_split
+    t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(K, BLOCK_K))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(t_begin, t_end):
+        kk = t * BLOCK_K + tl.arange(0, BLOCK_K)
+        a = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & (kk < K)[None, :], other=0.0)
+        wt = tl.load(w_rows + kk[None, :], mask=n_mask[:, None] & (kk < K)[None, :], other=0.0)
+        if IEEE_DOT:
+            acc = tl.dot(a, tl.trans(wt), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, tl.trans(wt), acc)
+    if to_ws:
+        store_tile(ws_ptr + pid_s.to(tl.int64) * M * N, acc, offs_m, offs_n, M, N, N, 1)
+    else:
+        if HAS_BIAS:
+            acc = add_bias(acc, bias_ptr, offs_n, N)
+        store_tile(out_ptr, acc, offs_m, offs_n, M, N, stride_om, 1)
+
+
+# -- the interpreter twin of the tensor-core M = 1 GEMV (lowbit/kernels/lut/mma_gemv.py) ---------------
+@triton.jit
+def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, tab2_ptr, N, words_per_stream,
+                         tab_stride_n, WARPS: tl.constexpr, UNROLL: tl.constexpr, GROUP: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr):
+    """The Gluon kernel's computation with its table layout and index arithmetic, in plain Triton.
+
+    Same grid, slots, streams and outputs. The pair table goes to a global scratch tab2[CTA, 256 * 64]
+    instead of shared memory and is read at the PRMT address (byte << 8 | r * 4) / 4; the mma's exact
+    fp16 products summed in fp32 become fp32 FMAs; NF4 group sums are scaled at the same points.
+    """
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    n0 = pid_n * 64
+    tab2 = tab2_ptr + (pid_n * tl.num_programs(1) + pid_s).to(tl.int64) * (256 * 64)
+    # pair table T2[p, r] = bits(T[r, p & 15]) | bits(T[r, p >> 4]) << 16
+    p = tl.arange(0, 256)
+    r = tl.arange(0, 64)
+    rows = tab_ptr + (n0 + r)[None, :] * tab_stride_n
+    lo = tl.load(rows + (p % 16)[:, None]).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi = tl.load(rows + (p // 16)[:, None]).to(tl.int16, bitcast=True).to(tl.int32)
+    tl.store(tab2 + p[:, None] * 64 + r[None, :], lo | (hi << 16))
+    tl.debug_barrier()
+    # slots [W, 64 rows]: warp w reads stream pid_s * WARPS + w
+    w = tl.arange(0, WARPS)
+    stream = pid_s * WARPS + w
+    rowoff = r * 4
+    acc = tl.zeros([WARPS, 64], dtype=tl.float32)
+    part = tl.zeros([WARPS, 64], dtype=tl.float32)
+    for u0 in range(0, words_per_stream, UNROLL):
+        for uu in tl.static_range(UNROLL):
+            word_row = stream * words_per_stream + u0 + uu
+            words = tl.load(qw_ptr + word_row[:, None] * N + n0 + r[None, :])
+            for byte in tl.static_range(4):
+                addr = ((words >> (8 * byte)) & 0xFF) << 8 | rowoff[None, :]  # = prmt(word, rowoff, 0x55j4)
+                pair = tl.load(tab2 + addr // 4)
+                w_lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                w_hi = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+                k = word_row * 8 + 2 * byte
+                x_lo = tl.load(x_ptr + k).to(tl.float32)
+                x_hi = tl.load(x_ptr + k + 1).to(tl.float32)
+                part += w_lo * x_lo[:, None] + w_hi * x_hi[:, None]
+        if HAS_SCALE and GROUP != 0:
+            if (u0 + UNROLL) % (GROUP // 8) == 0:
+                g_idx = (stream * words_per_stream + u0) * 8 // GROUP
+                sc = tl.load(scale_ptr + (g_idx * N)[:, None] + n0 + r[None, :]).to(tl.float32)
+                acc += part * sc
+                part = tl.zeros([WARPS, 64], dtype=tl.float32)
+    if HAS_SCALE:
+        if GROUP == 0:
+            acc = part * tl.load(scale_ptr + n0 + r).to(tl.float32)[None, :]
+    else:
+        acc = part
+    y = tl.sum(acc, axis=0)
+    if TO_WS:
+        tl.store(out_ptr + pid_s * N + n0 + r, y)
+    else:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + n0 + r).to(tl.float32)
+        tl.store(out_ptr + n0 + r, y.to(out_ptr.dtype.element_ty))

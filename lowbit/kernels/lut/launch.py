@@ -1,45 +1,27 @@
-"""Lookup-table family (lut3/lut4, sq3/sq4 with CSR outliers, nf4): launch wrapper, custom op, descriptor.
+"""Lookup-table family (lut3/lut4, sq3/sq4 with sparse outliers, nf4): launch wrapper, custom op, descriptor.
 
 Data flow of one forward:
 
-- GEMM (large M): one kernel writes ``cast(x W^T + b)`` straight into the output; sq outliers
-  are regrouped per weight tile on the device and added to the dequantized tiles in the K loop.
-- GEMV without split-K or outliers: the same, one kernel, direct store.
-- GEMV otherwise: the kernel writes (or, with split-K, atomically adds) fp32 partial sums into
-  an fp32 accumulator, the load-balanced outlier pass adds ``x S^T`` into it with fp32 atomics,
-  and one cast copies it into the output (for fp32 outputs the output itself is the
-  accumulator). The bias is added once, by the dense kernel's split 0.
+- Without split-K or outliers: one kernel (GEMV, or the fused-decode GEMM) writes
+  ``cast(x W^T + b)`` straight into the output.
+- With split-K or sq outliers: the kernel writes fp32 partial sums to a workspace
+  ``[split, M, N]``; :func:`_lut_finish_kernel` sums them in split order, adds the sq outliers of
+  whole rows (CSR: each row's nonzeros in stored order, no search, no atomics), the bias, and
+  casts into the output. Every sum runs in a fixed order, so the same input gives bitwise the
+  same output on every run.
+- Large M (``configs.decodes_once``: GEMM calls with M >= 1024 of nf4, 3-bit and sq weights):
+  :func:`decode_weight` writes the dense weight once into an x-dtype buffer [N, K] (outliers
+  scattered in by row), then a dense tensor-core GEMM runs. The decode is N*K work instead of
+  N*K*M/BLOCK_M; the buffer (2 bytes per weight for fp16 x) lives for the call.
 
 Nothing here reads tensor values on the host, so the forward is CUDA-graph capturable and
 ``torch.compile(fullgraph=True)`` traces it through the ``lowbit::lut_linear`` custom op.
-
-Sparse outliers of sq3/sq4 (W = LUT[n, q] + S, S in CSR over output rows n) use two strategies.
-
-Small M (GEMV path), :func:`add_csr_outliers`: a load-balanced pass. Work is split by *nonzeros*,
-not rows. Program (c, mb) takes the fixed chunk ``j in [c*BLOCK_NNZ, (c+1)*BLOCK_NNZ)`` of the
-CSR arrays and a block of activation rows, finds each nonzero's output row by a vectorised
-binary search in ``row_ptr`` (the largest r with row_ptr[r] <= j, so empty rows are skipped
-naturally), and atomically adds ``x[m, col] * val`` in fp32 into the dense kernel's fp32
-accumulator. A row holding thousands of outliers costs the same per nonzero as any other,
-so one heavy row cannot stall a tile the way a fused per-tile loop would.
-
-Memory safety does not depend on the CSR contents: the search only reads row_ptr[0..N-1] and
-always lands in [0, N), and nonzeros whose column falls outside [0, K) are masked out, so a
-corrupted CSR gives wrong numbers, never an out-of-bounds access. (QuantizedWeight validates the
-CSR when it is built; the forward path cannot re-check values without a host sync.)
-
-Because it accumulates with atomics into fp32, the caller casts to the output dtype after this
-pass (and the dense kernel adds the bias once), so dtype and bias are right.
-
-Large M (GEMM path), :func:`tile_outliers`: the atomic pass would cost M x nnz scattered
-atomics and gathers of x columns (about 1.2e9 of each at M = 4096 on an 8192^2 weight), far
-more than the GEMM itself. Instead the outliers are regrouped per [BLOCK_K, BLOCK_N] weight
-tile (device-side sort, no sync) and the GEMM adds each tile's outliers to its dequantized tile
-in the K loop with a one-hot tensor-core product, so the output is written once, in its dtype.
+Memory safety does not depend on the outlier indices: the kernels mask every index to its
+array and every column to [0, K), so a corrupted CSR gives wrong numbers, never an
+out-of-bounds access (QuantizedWeight validates them when it is built).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -48,131 +30,161 @@ import triton
 from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme, values_per_word
 from ..base import KernelConfig, KernelFamily, KernelPath, on_interpreter, operands
 from . import configs as cfgs
-from .kernels import _lut_gemm_kernel, _lut_gemv_kernel, _lut_outlier_kernel
+from .kernels import (_lut_dense_gemm_kernel, _lut_dequant_kernel, _lut_finish_kernel, _lut_gemm_kernel,
+                      _lut_gemv_kernel, _lut_mma_twin_kernel, _lut_scatter_kernel)
 
-OUTLIER_BLOCK_NNZ = 128  # nonzeros per program of the GEMV-path outlier pass
-OUTLIER_BLOCK_M = 4  # activation rows per program (the grid's second axis covers the rest)
-OUTLIER_WARPS = 4
-_NF4_TABLES: dict = {}  # device -> the 16 NF4 values (fp32); a constant, uploaded once per device
+_NF4_TABLES: dict = {}  # (device, dtype) -> the 16 NF4 values; constants, uploaded once per device
+_ZEROS: dict = {}  # device -> fp16 zeros read by the tensor-core GEMV's off-diagonal lanes (grown on demand)
+_SPARSE = ("row_ptr", "col_idx", "values")
 
-__all__ = ["FAMILY", "LutFamily", "launch", "lut_linear", "tile_outliers", "add_csr_outliers"]
+__all__ = ["FAMILY", "LutFamily", "launch", "lut_linear", "workspace_numel"]
 
 
-def nf4_table(device: torch.device) -> torch.Tensor:
-    """The NF4 code book on `device` (built once per device)."""
-    key = str(device)
+def nf4_table(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The NF4 code book on `device` in `dtype` (built once per device; fp16 rounds the values)."""
+    key = (str(device), dtype)
     if key not in _NF4_TABLES:
         from ...reference.nf4 import nf4_table as _table
 
-        _NF4_TABLES[key] = _table(device)
+        _NF4_TABLES[key] = _table(device).to(dtype)
     return _NF4_TABLES[key]
 
 
-def tile_outliers(row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor, n: int, k: int,
-                  block_n: int, block_k: int):
-    """Regroup CSR outliers by GEMM weight tile: (tile_ptr, k_local, n_local, values), all on device.
-
-    Tile t = (col // block_k) * ceil(n / block_n) + row // block_n (the GEMM's K-step-major
-    order); tile_ptr [tiles + 1] bounds each tile's run. Built with device ops only (sort and
-    searchsorted, no host sync). Rows come from a search in row_ptr clamped to [0, n) and
-    columns outside [0, k) are dropped to a sentinel tile past the end, so any CSR contents
-    give in-bounds indices.
-    """
-    nnz = col_idx.numel()
-    dev = col_idx.device
-    nt, kt = triton.cdiv(n, block_n), triton.cdiv(k, block_k)
-    j = torch.arange(nnz, device=dev, dtype=torch.int32)
-    rows = (torch.searchsorted(row_ptr, j, right=True) - 1).clamp(0, n - 1)
-    cols = col_idx.to(torch.int64)
-    valid = (cols >= 0) & (cols < k)
-    cols = cols.clamp(0, k - 1)
-    key = torch.where(valid, (cols // block_k) * nt + rows // block_n, nt * kt)
-    key, order = torch.sort(key, stable=True)
-    tiles = torch.arange(nt * kt + 1, device=dev, dtype=key.dtype)
-    tile_ptr = torch.searchsorted(key, tiles).to(torch.int32)
-    k_local = (cols % block_k)[order].to(torch.int32)
-    n_local = (rows % block_n)[order].to(torch.int32)
-    return tile_ptr, k_local, n_local, values[order].contiguous()
+def _zeros(device: torch.device, n: int) -> torch.Tensor:
+    """At least n fp16 zeros on `device` (cached; grows to the largest K seen)."""
+    key = str(device)
+    z = _ZEROS.get(key)
+    if z is None or z.numel() < n:
+        z = _ZEROS[key] = torch.zeros(max(n, 8192), dtype=torch.float16, device=device)
+    return z
 
 
-def search_steps(n: int) -> int:
-    """Binary-search iterations that narrow [0, n) to one row."""
-    return max(1, math.ceil(math.log2(max(n, 2))))
+def _mma_device_ok(x: torch.Tensor) -> bool:
+    """mma.sync m16n8k16 needs sm_80+; the 128-bit x loads need a 16-byte aligned x. Meta tensors stand
+    for a launch on an sm_80/sm_90 GPU being planned (lowbit.kernels.plans records such calls)."""
+    if x.device.type == "meta":
+        return True
+    if x.device.type != "cuda" or x.data_ptr() % 16:
+        return False
+    return torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
-def add_csr_outliers(x2d: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
-                     acc: torch.Tensor) -> None:
-    """acc [M, N] fp32 += x2d . S^T for the CSR outliers S [N, K]; nnz comes from the shape (no sync)."""
-    m, k = x2d.shape
-    n = acc.shape[1]
-    nnz = col_idx.numel()
-    if nnz == 0:  # a shape, not a value: no host sync
+def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bias, out, ws, split: int, wps: int,
+                  to_ws: bool, cfg: KernelConfig) -> None:
+    """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs)."""
+    kw, n = qweight.shape
+    grid = (n // cfgs.MMA_ROWS, split)
+    target = ws if to_ws else out
+    bias_arg = bias if bias is not None else out
+    consts = dict(WARPS=cfg.num_warps, UNROLL=cfg.block_k // 8, GROUP=group, HAS_SCALE=nf4,
+                  HAS_BIAS=bias is not None, TO_WS=to_ws)
+    tab_stride = 0 if nf4 else table.shape[1]
+    if on_interpreter(x2d):
+        tab2 = torch.empty((grid[0] * grid[1], 256 * cfgs.MMA_ROWS), dtype=torch.int32, device=x2d.device)
+        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, tab2, n, wps, tab_stride, **consts)
         return
-    if acc.dtype != torch.float32 or acc.stride(1) != 1:
-        raise ValueError("the outlier accumulator must be fp32 with unit stride along N")
-    grid = (triton.cdiv(nnz, OUTLIER_BLOCK_NNZ), triton.cdiv(m, OUTLIER_BLOCK_M))
-    _lut_outlier_kernel[grid](x2d, row_ptr, col_idx, values, acc, m, n, k, nnz, x2d.stride(0), acc.stride(0),
-                             search_steps(n), BLOCK_NNZ=OUTLIER_BLOCK_NNZ, BLOCK_M=OUTLIER_BLOCK_M, num_warps=OUTLIER_WARPS)
+    from .mma_gemv import _lut_mma_gemv_kernel
+
+    zeros = _zeros(x2d.device, x2d.shape[1])
+    zero_off = (zeros.data_ptr() - x2d.data_ptr()) // 2
+    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, zero_off, n, wps, tab_stride,
+                               num_warps=cfg.num_warps, **consts)
 
 
-def _run(x2d, qweight, lut, absmax, row_ptr, col_idx, values, bias, bits: int, group: int,
+def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig,
+                    dtype: torch.dtype = torch.float16) -> int:
+    """fp32 elements of the split/outlier workspace a call allocates: split * M * N when partials go
+    through it (the large-M route's decoded weight, N * K in x's dtype, comes on top)."""
+    sparse = getattr(qw.spec, "sparse", False)
+    nf4 = "absmax" in qw.tensors
+    dense = cfgs.decodes_once(path, m, qw.bits, nf4, sparse)
+    table = None if nf4 else qw["lut"].dtype
+    if path is KernelPath.GEMV and cfgs.mma_gemv_plan(m, dtype, qw.bits, nf4, cfgs.scale_group(qw), qw.N, qw.K,
+                                                      table, config) is not None:
+        split = config.split_k
+    else:
+        _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config, dense)
+    return split * m * qw.N if split > 1 or (sparse and not dense) else 0
+
+
+def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, group: int,
          path: KernelPath, cfg: KernelConfig, out: torch.Tensor) -> torch.Tensor:
-    """Launch the dense kernel (and the outlier pass) for x2d [M, K] into out [M, N]."""
+    """Launch the kernels of one call: x2d [M, K] . W^T (+ bias) into out [M, N]."""
     m, k = x2d.shape
     kw, n = qweight.shape
     nf4 = absmax is not None
     table = nf4_table(x2d.device) if nf4 else lut
     scale = absmax if nf4 else qweight  # dummy pointer when HAS_SCALE is off
     tab_stride_n = 0 if nf4 else lut.shape[1]
-    vpw = values_per_word(bits)
-    has_outliers = col_idx is not None and col_idx.numel() > 0
-    sparse = has_outliers and path is KernelPath.GEMV  # atomic pass after the GEMV; the GEMM fuses them
-    split = 1
+    nnz = sparse["col_idx"].numel() if sparse is not None else 0
+    dense = cfgs.decodes_once(path, m, bits, nf4, sparse is not None)
+    wps = None
     if path is KernelPath.GEMV:
-        sl = cfgs.slots(bits)
-        block_k = max(cfg.block_k, sl)
-        words_per_step = block_k // sl
-        steps = triton.cdiv(kw, words_per_step)
-        per_split = triton.cdiv(steps, max(1, min(cfg.split_k, steps)))
-        words_per_split = per_split * words_per_step
-        split = triton.cdiv(kw, words_per_split)
-    direct = split == 1 and not sparse
-    if direct or (out.dtype == torch.float32 and out.stride(1) == 1):
-        target = out
-    else:
-        target = torch.empty((m, n), dtype=torch.float32, device=x2d.device)
-    if split > 1:
-        target.zero_()
-    span = block_k // sl * vpw if path is KernelPath.GEMV else cfg.block_k  # K covered by one tile
-    common = dict(BITS=bits, VPW=vpw, GROUP=group, HAS_SCALE=nf4, SCALE_ROW=cfgs.scale_row(group, span),
-                  HAS_BIAS=bias is not None,
-                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    bias_arg = bias if bias is not None else x2d
-    if path is KernelPath.GEMV:
+        wps = cfgs.mma_gemv_plan(m, x2d.dtype, bits, nf4, group, n, k, None if nf4 else lut.dtype, cfg)
+        if wps is not None and not (on_interpreter(x2d) or _mma_device_ok(x2d)):
+            wps = None
+    per_split, split = (None, cfg.split_k) if wps is not None else cfgs.split_plan(m, n, k, bits, cfg, dense)
+    outliers_in_finish = nnz > 0 and not dense
+    to_ws = split > 1 or outliers_in_finish
+    ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
+    bias_arg = bias if bias is not None else out
+    packing = dict(BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4)
+    launch_opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
+    if wps is not None:
+        table16 = nf4_table(x2d.device, torch.float16) if nf4 else lut
+        _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bias, out, ws, split, wps, to_ws, cfg)
+    elif path is KernelPath.GEMV:
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
-        _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, m, n, k, kw, x2d.stride(0),
-                              target.stride(0), target.stride(1), tab_stride_n, words_per_split,
-                              SLOTS=sl, ATOMIC=split > 1, BLOCK_K=block_k, **common)
+        _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw, x2d.stride(0),
+                               out.stride(0), tab_stride_n, per_split, int(to_ws), HAS_BIAS=bias is not None,
+                               **packing, **tiles, **launch_opts)
+    elif dense:
+        wd = decode_weight(qweight, table, scale, sparse, bits, group, nf4, k, x2d.dtype)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _lut_dense_gemm_kernel[grid](x2d, wd, bias_arg, out, ws, m, n, k, x2d.stride(0), out.stride(0), per_split,
+                                     int(to_ws), HAS_BIAS=bias is not None, IEEE_DOT=x2d.dtype == torch.float32,
+                                     GROUP_M=cfg.group_m, **tiles, **launch_opts)
     else:
-        tiles = (tile_outliers(row_ptr, col_idx, values, n, k, cfg.block_n, cfg.block_k) if has_outliers
-                 else (qweight,) * 4)  # dummies when HAS_SPARSE is off
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
-        _lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *tiles, m, n, k, x2d.stride(0),
-                              target.stride(0), target.stride(1), tab_stride_n,
-                              IEEE_DOT=x2d.dtype == torch.float32, HAS_SPARSE=has_outliers,
-                              SPARSE_CHUNK=cfgs.INTERP_SPARSE_CHUNK if on_interpreter(x2d) else cfgs.SPARSE_CHUNK,
-                              BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m, **common)
-    if sparse:
-        add_csr_outliers(x2d, row_ptr, col_idx, values, target)
-    if target is not out:
-        out.copy_(target)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
+        _lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw,
+                               x2d.stride(0), out.stride(0), tab_stride_n, per_split, int(to_ws),
+                               HAS_BIAS=bias is not None, IEEE_DOT=x2d.dtype == torch.float32, GROUP_M=cfg.group_m,
+                               **packing, **tiles, **launch_opts)
+    if to_ws:
+        csr = [sparse[name] for name in _SPARSE] if outliers_in_finish else [qweight] * 3
+        fbm = cfgs.finish_block_m(m)
+        grid = (triton.cdiv(n, cfgs.FINISH_BLOCK_N), triton.cdiv(m, fbm))
+        _lut_finish_kernel[grid](ws, x2d, *csr, bias_arg, out, m, n, k, nnz, split, x2d.stride(0), out.stride(0),
+                                 HAS_SPARSE=outliers_in_finish, HAS_BIAS=bias is not None,
+                                 BLOCK_M=fbm, BLOCK_N=cfgs.FINISH_BLOCK_N, num_warps=cfgs.FINISH_WARPS)
     return out
 
 
+def decode_weight(qweight, table, scale, sparse: Optional[dict], bits: int, group: int, nf4: bool, k: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The dense weight [N, K] in `dtype` (outliers included): the large-M route's transient buffer."""
+    kw, n = qweight.shape
+    wd = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    bk = cfgs.dequant_block_k(bits, group)
+    tiles = cfgs.num_k_tiles(k, bits, bk)
+    grid = (triton.cdiv(n, cfgs.DEQUANT_BLOCK_N), triton.cdiv(tiles, cfgs.DEQUANT_TILES))
+    _lut_dequant_kernel[grid](qweight, table, scale, wd, n, k, kw, 0 if nf4 else table.shape[1], cfgs.DEQUANT_TILES,
+                              BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4,
+                              BLOCK_N=cfgs.DEQUANT_BLOCK_N, BLOCK_K=bk, num_warps=4)
+    nnz = sparse["col_idx"].numel() if sparse is not None else 0
+    if nnz:
+        _lut_scatter_kernel[(triton.cdiv(n, cfgs.SCATTER_BLOCK_N),)](
+            sparse["row_ptr"], sparse["col_idx"], sparse["values"], wd, n, k, nnz,
+            BLOCK_N=cfgs.SCATTER_BLOCK_N, num_warps=4)
+    return wd
+
+
 def _tensors(qw: QuantizedWeight) -> tuple:
-    """(qweight, lut, absmax, row_ptr, col_idx, values) with None for what the scheme lacks."""
+    """(qweight, lut, absmax, sparse dict or None) with None for what the scheme lacks."""
     t = operands(qw)
-    return tuple(t.get(name) for name in ("qweight", "lut", "absmax", "row_ptr", "col_idx", "values"))
+    sparse = {name: t[name] for name in _SPARSE} if "row_ptr" in t else None
+    return t["qweight"], t.get("lut"), t.get("absmax"), sparse
 
 
 def launch(x2d: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor], path, config: KernelConfig,
@@ -187,7 +199,10 @@ def lut_linear(x: torch.Tensor, qweight: torch.Tensor, lut: Optional[torch.Tenso
                bias: Optional[torch.Tensor], bits: int, group: int, path: str, config: list[int]) -> torch.Tensor:
     """y [M, N] = x [M, K] . W^T + bias for a lut/sq/nf4 weight (see the module docstring)."""
     out = torch.empty((x.shape[0], qweight.shape[1]), dtype=x.dtype, device=x.device)
-    return _run(x, qweight, lut, absmax, row_ptr, col_idx, values, bias, bits, group, KernelPath(path),
+    sparse = None
+    if row_ptr is not None:
+        sparse = dict(row_ptr=row_ptr, col_idx=col_idx, values=values)
+    return _run(x, qweight, lut, absmax, sparse, bias, bits, group, KernelPath(path),
                 KernelConfig.from_list(config), out)
 
 
@@ -197,7 +212,9 @@ def _lut_linear_fake(x, qweight, lut, absmax, row_ptr, col_idx, values, bias, bi
 
 
 class LutFamily(KernelFamily):
-    """GEMV (split-K, FMA) and GEMM (tensor cores) kernels for lut3/lut4/sq3/sq4/nf4."""
+    """lut3/lut4/sq3/sq4/nf4: the GEMV (CUDA cores; tensor cores at M = 1 for fp16 x and 4-bit codes),
+    the fused-decode GEMM, the decode-once route for large M, and the finish kernel (split-K sum,
+    outliers)."""
 
     name = "lut"
     schemes = frozenset(LUT_SCHEMES | {Scheme.NF4})
@@ -205,10 +222,18 @@ class LutFamily(KernelFamily):
     configs = cfgs
 
     def forward(self, x2d, qw, bias, path, config):
-        return lut_linear(x2d, *_tensors(qw), bias, qw.bits, cfgs.scale_group(qw), path.value, config.to_list())
+        qweight, lut, absmax, sparse = _tensors(qw)
+        sp = [sparse[name] if sparse else None for name in _SPARSE]
+        return lut_linear(x2d, qweight, lut, absmax, *sp, bias, qw.bits, cfgs.scale_group(qw), path.value,
+                          config.to_list())
 
     def run(self, x2d, qw, bias, path, config, out):
-        return _run(x2d, *_tensors(qw), bias, qw.bits, cfgs.scale_group(qw), path, config, out)
+        qweight, lut, absmax, sparse = _tensors(qw)
+        return _run(x2d, qweight, lut, absmax, sparse, bias, qw.bits, cfgs.scale_group(qw), path, config, out)
+
+    def interpreter_block_k_ok(self, path, cfg, qw):
+        """Interpreter tiles obey the GPU tiles' K rules (a whole word, inside one NF4 group)."""
+        return cfgs.config_problem(path, cfg, qw, torch.float32) is None
 
     def aot_cases(self):
         from .aot import aot_cases

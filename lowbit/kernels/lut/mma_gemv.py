@@ -1,0 +1,145 @@
+"""The M = 1 LUT GEMV on tensor cores (sm_80+, fp16 x, 4-bit codes): pair tables in shared memory, one
+PRMT + one LDS per two weights, ``mma.sync`` m16n8k16 with a block-diagonal x operand, fp32 accumulation.
+Gluon + inline PTX; the pure-Triton twin ``kernels._lut_mma_twin_kernel`` shares the table layout and
+every index below and runs under the interpreter, and the tests emulate the PTX exactly.
+
+- A CTA owns 64 output rows n0 .. n0 + 63 and a K range split into WARPS equal *streams* of packed
+  words, one per warp (grid axis 1 splits K further).
+- Pair table: ``T2[p, r] = LUT[n0 + r, p & 15] | LUT[n0 + r, p >> 4] << 16`` (two fp16 bit patterns),
+  int32 at shared byte offset ``(p * 64 + r) * 4``. A byte p of a word is two codes, so one load gives
+  two weights, and the 32 lanes of a warp always read 32 distinct rows: distinct banks.
+- Lane (g, t) = (lane // 4, lane % 4) owns rows r = 8g + 2t + hi, hi = 0, 1. The m16n8k16 A fragment
+  of that lane is A rows (g, g + 8) x columns (2t, 2t + 1, 2t + 8, 2t + 9); here A[hi * 8 + g,
+  e2 * 8 + 2t + e] = half e of the pair of row r at byte 2h + e2 of its current word, for the two mma
+  steps h = 0, 1 of each word.
+- x operand: B[e2 * 8 + 2t + e, j] = x[k + 4h + 2 e2 + e] when j == t, else 0, so D[hi * 8 + g, t]
+  accumulates row r alone in fp32 (exact fp16 products); D columns 4..7 stay 0. Lanes with g == t read
+  their stream's 8 inputs with one 128-bit load per word, the others read 8 zeros from a zero buffer
+  (``zero_off`` elements past x, at least as long as x's row) that advances with x.
+- Per lane and word: one 64-bit load (its two rows' words), one 128-bit x load, 8 x (PRMT + LDS), 2 HMMA.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+ROWS = 64  # output rows per CTA (the pair table is [256, ROWS] int32 = 64 KiB)
+
+# one pair lookup: address = (byte `sel` of the word) << 8 | rowoff (rowoff = r * 4 < 256; PRMT selector
+# 0x55j4 takes byte j of $1 into byte 1 and zeroes bytes 2-3), then a 32-bit shared load of the two fp16
+# (the table is the kernel's only shared allocation, at offset 0 of global_smem; tests check the TTGIR).
+# With pack = 2 every input comes twice ($1 $2 word, $3 $4 rowoff, $5 $6 selector); the pair is $0.
+SEL_BASE = gl.constexpr(0x5504)  # PRMT selector of byte 0: result bytes (rowoff.b0, word.b0, 0, 0)
+SEL_PER_BYTE = gl.constexpr(16)  # + 16 * j selects byte j of the word
+LOOKUP_ASM = gl.constexpr("{ .reg .b32 a, b; prmt.b32 a, $1, $3, $5; mov.u32 b, global_smem; add.u32 a, a, b; "
+                          "ld.shared.b32 $0, [a]; }")
+# a CTA-wide barrier: gl.barrier in triton >= 3.7, gl.thread_barrier before
+_cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+
+@gluon.jit(do_not_specialize=["zero_off"])  # a distance between two allocations: never a constant
+def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, zero_off, N, words_per_stream,
+                         tab_stride_n, WARPS: gl.constexpr, UNROLL: gl.constexpr, GROUP: gl.constexpr,
+                         HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr):
+    """y[n] = sum_k x[k] W[n, k] for 64 rows per CTA; grid (N / 64, split). TO_WS: fp32 partials to
+    out[split, N]; else bias + cast into out[N]. NF4 (HAS_SCALE): tab_stride_n = 0, the mma sums of each
+    GROUP of inputs are scaled by absmax before they join the total (GROUP = 0: per row, at the end)."""
+    # layouts: slots [W, hi, g, e2, t, e] (lanes (g, t); registers e, hi, e2 = the mma A fragment),
+    # x [W, t, q, g] (registers q = one word's 8 inputs: a 128-bit load), table build [p_hi, p_lo, r]
+    SLOT6: gl.constexpr = gl.BlockedLayout([1, 2, 1, 2, 1, 2], [1, 1, 8, 1, 4, 1], [WARPS, 1, 1, 1, 1, 1],
+                                           [5, 1, 3, 4, 2, 0])
+    X4: gl.constexpr = gl.BlockedLayout([1, 1, 8, 1], [1, 4, 1, 8], [WARPS, 1, 1, 1], [2, 1, 3, 0])
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1, 1], instr_shape=[1, 16, 8])
+    A_OP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+    B_OP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+    BUILD: gl.constexpr = gl.BlockedLayout([1, 1, 8], [2, 2, 8], [WARPS, 1, 1], [2, 1, 0])
+    TABLE: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    pid_n = gl.program_id(0)
+    pid_s = gl.program_id(1)
+    n0 = pid_n * 64
+    # -- pair table into shared memory ------------------------------------------------------
+    ph = gl.arange(0, 16, layout=gl.SliceLayout(1, gl.SliceLayout(2, BUILD)))
+    pl = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, BUILD)))
+    rr = gl.arange(0, 64, layout=gl.SliceLayout(0, gl.SliceLayout(1, BUILD)))
+    rows = tab_ptr + (n0 + rr)[None, None, :] * tab_stride_n
+    lo = gl.load(rows + pl[None, :, None]).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    hi = gl.load(rows + ph[:, None, None]).to(gl.int16, bitcast=True).to(gl.int32)
+    table = gl.allocate_shared_memory(gl.int32, [256, 64], TABLE)
+    table.store(gl.reshape(lo | (hi << 16), [256, 64]))
+    _cta_barrier()
+    # -- slots: warp w = stream pid_s * WARPS + w, lane (g, t) rows r = 8g + 2t + hi --------------
+    L4: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(5, SLOT6))  # [W, hi, g, t]
+    w_i = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L4))))
+    hi_i = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, L4))))
+    g_i = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L4))))
+    t_i = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))
+    r4 = 8 * g_i[None, None, :, None] + 2 * t_i[None, None, None, :] + hi_i[None, :, None, None]
+    stream4 = pid_s * WARPS + w_i[:, None, None, None]
+    word_ptrs = qw_ptr + (stream4 * words_per_stream) * N + n0 + r4
+    # per-element lookup operands [W, hi, g, e2, t, e]: row offset and the PRMT selector of byte 2h + e2
+    one6 = gl.full([1, 1, 1, 2, 1, 2], 1, gl.int32, layout=SLOT6)
+    e2_i = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(
+        4, gl.SliceLayout(5, SLOT6))))))
+    rowoff = (r4 * 4)[:, :, :, None, :, None] * one6
+    sel_e2 = e2_i[None, None, None, :, None, None] * one6 * SEL_PER_BYTE
+    # x [W, t, q, g]: lanes on the diagonal g == t read their stream's 8 inputs, the others 8 zeros at
+    # x_ptr + zero_off (a zero buffer at least as long as x's row, advanced in step with it)
+    xw = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
+    xt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
+    xq = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, X4))))
+    xg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, X4))))
+    xk = ((pid_s * WARPS + xw) * words_per_stream * 8).to(gl.int64)[:, None, None, None]
+    diag = xg[None, None, None, :] == xt[None, :, None, None]
+    x_off = gl.multiple_of(gl.where(diag, xk, xk + zero_off), [1, 1, 8, 1])
+    x_ptrs = x_ptr + (x_off + xq[None, None, :, None])
+    # D[w, hi*8 + g, t] is row 8g + 2t + hi of stream w; D columns 4..7 stay 0
+    dw = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, MMA)))
+    di = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, MMA)))
+    dj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, MMA)))
+    # (columns 4..7 hold 0: they read the scales of columns 0..3 instead of masked loads)
+    d_row = 8 * (di % 8)[None, :, None] + 2 * (dj % 4)[None, None, :] + (di // 8)[None, :, None]
+    acc = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
+    part = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
+    wstep = N * UNROLL
+    for u0 in range(0, words_per_stream, UNROLL):
+        for uu in gl.static_range(UNROLL):
+            words = gl.load(word_ptrs + uu * N)
+            xv = gl.load(x_ptrs + uu * 8)
+            # [W, t, (h, e2, e), g] -> B operands of steps h = 0, 1: [W, 16 = (e2, t, e), 8 = g]
+            xv = gl.permute(gl.reshape(xv, [WARPS, 4, 2, 2, 2, 8]), [0, 3, 1, 4, 5, 2])
+            b_lo, b_hi = gl.split(xv)
+            words6 = words[:, :, :, None, :, None] * one6
+            for h in gl.static_range(2):
+                sel = sel_e2 + (SEL_BASE + 2 * SEL_PER_BYTE * h)
+                wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
+                                               dtype=gl.float16, is_pure=True, pack=2)
+                a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                bh = b_lo if h == 0 else b_hi
+                b = gl.convert_layout(gl.reshape(bh, [WARPS, 16, 8]), B_OP, assert_trivial=True)
+                part = mma_v2(a, b, part)
+        if HAS_SCALE and GROUP != 0:
+            if (u0 + UNROLL) % (GROUP // 8) == 0:  # the last word of a group: scale its sum
+                g_idx = ((pid_s * WARPS + dw) * words_per_stream + u0) * 8 // GROUP
+                sc = gl.load(scale_ptr + (g_idx * N)[:, None, None] + n0 + d_row)
+                acc += part * sc.to(gl.float32)
+                part = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
+        word_ptrs += wstep
+        x_ptrs += UNROLL * 8
+    if HAS_SCALE:
+        if GROUP == 0:
+            sc = gl.load(scale_ptr + n0 + d_row + (dw * 0)[:, None, None])
+            acc = part * sc.to(gl.float32)
+    else:
+        acc = part
+    # -- epilogue: sum the streams of each row ----------------------------------------------------
+    d = gl.reshape(acc, [WARPS, 2, 8, 2, 4])
+    y = gl.sum(gl.sum(d, axis=3), axis=0)  # [hi, g, t]
+    y = gl.reshape(gl.permute(y, [1, 2, 0]), [64])
+    offs = gl.arange(0, 64, layout=y.type.layout)
+    if TO_WS:
+        gl.store(out_ptr + pid_s * N + n0 + offs, y)
+    else:
+        if HAS_BIAS:
+            y += gl.load(bias_ptr + n0 + offs).to(gl.float32)
+        gl.store(out_ptr + n0 + offs, y.to(out_ptr.dtype.element_ty))
