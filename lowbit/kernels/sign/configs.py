@@ -110,29 +110,37 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
                    dtype: torch.dtype = torch.float16, sms: int = DEFAULT_SMS) -> KernelConfig:
     """Tile sizes from M (and the grid size for split-K) without timing anything.
 
-    GEMV: 16 lanes per CTA, 4 warps each on a K slice of 256 (A8 and the fp16 masks; 64 for the
-    decode path of bf16/fp32, whose operands are wider). GEMM: the largest tiles whose accumulators
-    (one per field) fit the registers, per kind; fp32 runs FMA dots with small tiles.
+    Chosen from the sm_90 SASS of candidates at N = K = 8192 (perf/NOTES.md, "ternary and binary"):
+    GEMV: 16 lanes per CTA and 4 warps, each on a K slice of 256 lanes (512 for W1.58A8 at M = 1;
+    128 for the 16-bit lanes at M > 8, where 256 spills; 64 for the decoded bf16/fp32 fields).
+    GEMM: the largest tiles whose accumulators (one per field) fit the registers without spilling.
     """
     rpl = kind.rows_per_lane
     if path is KernelPath.GEMV:
         bm = min(triton.next_power_of_2(max(m, 1)), 16)
         block_n = MIN_LANES * rpl
-        ks = 256 if (kind.int8_act or kind.mask_f16(dtype)) else 64
+        if kind.int8_act:
+            ks = 512 if m == 1 else 256
+        elif kind.mask_f16(dtype):
+            ks = 256 if bm <= 8 else 128
+        else:
+            ks = 64
         block_k = 4 * ks
         split = _gemv_split(kind, m, bm, n, k, block_n, block_k, sms)
+        stages = 2 if (kind.bits == 1 and bm > 8) else 3
         return KernelConfig(block_m=bm, block_n=block_n, block_k=block_k, split_k=split, group_m=1,
-                            num_warps=4, num_stages=3)
+                            num_warps=4, num_stages=stages)
     if kind.int8_act:
         bm = 64 if m <= 64 else 128
-        return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=128, group_m=8, num_warps=8, num_stages=3)
+        warps = 4 if m <= 64 else 8
+        return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=128, group_m=8, num_warps=warps, num_stages=3)
     if dtype == torch.float32:
         return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=32, group_m=8, num_warps=4, num_stages=2)
     if not kind.mask_f16(dtype):  # bf16: decoded fields
-        return KernelConfig(block_m=64, block_n=64 * rpl, block_k=32, group_m=8, num_warps=4, num_stages=3)
-    # fp16 masks: RPL accumulators [64 lanes, block_m] in fp32 over 256 threads
-    bm = 64 if kind.bits == 2 else 32
-    return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=64, group_m=8, num_warps=8, num_stages=3)
+        return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=32, group_m=8, num_warps=4, num_stages=3)
+    # fp16 masks: one fp32 accumulator [64 lanes, block_m] per field
+    bm = 32 if kind.bits == 2 else 16
+    return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=64, group_m=8, num_warps=4, num_stages=3)
 
 
 def kind_search_space(kind: SignKind, path: KernelPath, dtype: torch.dtype = torch.float16) -> list[KernelConfig]:

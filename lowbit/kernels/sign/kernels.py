@@ -42,7 +42,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..jit import add_bias, grouped_tile, store_tile, sum_splits
+from ..jit import grouped_tile, sum_splits
 from .configs import ASM_AND16, ASM_SHR8, ASM_SHR10, ASM_SIGN16
 
 
@@ -50,20 +50,19 @@ from .configs import ASM_AND16, ASM_SHR8, ASM_SHR10, ASM_SIGN16
 
 @triton.jit
 def _round_half_even(v):
-    """torch.round semantics (ties to even) from floor and a tie fix; exact for every fp32 input."""
-    a = tl.abs(v)
-    f = tl.floor(a)
-    d = a - f  # exact: for a >= 1, f is within a factor 2 of a (Sterbenz); for a < 1, f = 0
-    half = f * 0.5
-    f_odd = (half - tl.floor(half)) != 0.0
-    up = (d > 0.5) | ((d == 0.5) & f_odd)
-    r = tl.where(up, f + 1.0, f)
-    return tl.where(v < 0.0, -r, r)
+    """torch.round semantics (ties to even) for |v| < 2^22: adding and removing 1.5 * 2^23 leaves no
+    fraction bits, so the fp32 add rounds v to the nearest integer, ties to even (two FADDs)."""
+    magic = 12582912.0
+    return (v + magic) - magic
 
 
 @triton.jit
 def _quantize_tile(v, scale, finite):
-    """clip(rne(v * scale), -128, 127) as fp32, 0 for a token that holds a NaN or an infinity."""
+    """clip(rne(v * scale), -128, 127) as fp32, 0 for a token that holds a NaN or an infinity.
+
+    |v| <= absmax and scale = RN(127 / absmax), so |v * scale| <= 127 (1 + 2^-23) and the rounding
+    trick is exact; the clip only guards that bound.
+    """
     q = _round_half_even(v * scale)
     q = tl.minimum(tl.maximum(q, -128.0), 127.0)
     return tl.where(finite, q, 0.0)
@@ -236,27 +235,29 @@ def _field_value(acc, sx, F: tl.constexpr, BITS: tl.constexpr, LANE_BITS: tl.con
 # -- epilogue ---------------------------------------------------------------------------------------
 
 @triton.jit
-def _epilogue(pre, rm, rn, M, N, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, stride_om,
+def _epilogue(pre, rm2, rn2, M, N, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, stride_om,
               RPL: tl.constexpr, INT8_ACT: tl.constexpr, NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """out[rm, rn] = pre [BM, BN] (- sum(x_q) on the low fields, A8) * nscale (/ xscale, A8) (+ bias)."""
-    m_ok = rm < M
-    n_ok = rn < N
+    """out[m, n] = pre (- sum(x_q) on the low fields, A8) * nscale[n] (/ xscale[m], A8) (+ bias[n]).
+
+    `rm2` and `rn2` are index tensors that broadcast to pre's shape (either orientation), so a
+    field tile [lanes, BM] is stored without a transpose.
+    """
+    m_ok = rm2 < M
+    n_ok = rn2 < N
     if INT8_ACT:
-        off = ((rn % RPL) != (RPL - 1)).to(tl.int32)
-        xs = tl.load(xsum_ptr + rm, mask=m_ok, other=0)
-        pre = pre - xs[:, None] * off[None, :]
+        off = ((rn2 % RPL) != (RPL - 1)).to(tl.int32)
+        pre = pre - tl.load(xsum_ptr + rm2, mask=m_ok, other=0) * off
     y = pre.to(tl.float32)
     if NSCALE_PER_N:
-        s = tl.load(nscale_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-        y = y * s[None, :]
+        y = y * tl.load(nscale_ptr + rn2, mask=n_ok, other=0.0).to(tl.float32)
     else:
         y = y * tl.load(nscale_ptr).to(tl.float32)
     if INT8_ACT:
-        xsc = tl.load(xscale_ptr + rm, mask=m_ok, other=1.0)
-        y = tl.math.div_rn(y, tl.zeros_like(y) + xsc[:, None])
+        y = tl.math.div_rn(y, tl.zeros_like(y) + tl.load(xscale_ptr + rm2, mask=m_ok, other=1.0))
     if HAS_BIAS:
-        y = add_bias(y, bias_ptr, rn, N)
-    store_tile(out_ptr, y, rm, rn, M, N, stride_om, 1)
+        y = y + tl.load(bias_ptr + rn2, mask=n_ok, other=0.0).to(tl.float32)
+    ptrs = out_ptr + rm2.to(tl.int64) * stride_om + rn2
+    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m_ok & n_ok)
 
 
 @triton.jit
@@ -264,13 +265,14 @@ def _finish_field(val, rl, rm, F: tl.constexpr, M, N, pid_k, xscale_ptr, xsum_pt
                   out_ptr, ws_ptr, stride_om, RPL: tl.constexpr, INT8_ACT: tl.constexpr,
                   NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
     """Field F's rows of one tile, val [lanes, BM]: the epilogue, or a partial into ws [SPLIT_K, M, N]."""
-    pre = tl.trans(val)
-    rn = rl * RPL + F
+    rn2 = (rl * RPL + F)[:, None]
+    rm2 = rm[None, :]
     if SPLIT_K == 1:
-        _epilogue(pre, rm, rn, M, N, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, stride_om,
+        _epilogue(val, rm2, rn2, M, N, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, stride_om,
                   RPL, INT8_ACT, NSCALE_PER_N, HAS_BIAS)
     else:
-        store_tile(ws_ptr + pid_k.to(tl.int64) * M * N, pre, rm, rn, M, N, N, 1)
+        ptrs = ws_ptr + pid_k.to(tl.int64) * M * N + rm2.to(tl.int64) * N + rn2
+        tl.store(ptrs, val, mask=(rm2 < M) & (rn2 < N))
 
 
 @triton.jit
@@ -285,7 +287,8 @@ def _finish_all(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14,
                 xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om,
                 BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK_F16: tl.constexpr,
                 NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Every field's rows of one tile (a_f [lanes, BM]; `sx` [BM]: sum(x) for the fp16 masks)."""
+    """Every field's rows of one tile (a_f [lanes, BM]; `sx`: sum(x) per column for the fp16 masks,
+    broadcastable to [lanes, BM])."""
     RPL: tl.constexpr = LANE_BITS // BITS
     if INT8_ACT:
         a0, a1, a2, a3 = _a8_values(a3, a0, a1, a2)  # a3 holds the full-byte dot
@@ -426,7 +429,7 @@ def _sign_gemv_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_pt
     a13 = acc
     a14 = acc
     a15 = acc
-    sacc = tl.zeros((SLICES, 16, BLOCK_M), dtype=tl.float32)
+    sacc = tl.zeros((SLICES, BLOCK_L, BLOCK_M), dtype=tl.float32)  # every lane row: sum(x) of its slice
     for k0 in range(k_lo, k_hi, STEP):
         if EVEN:
             lanes = tl.load(lane_ptrs + k0)
@@ -438,16 +441,15 @@ def _sign_gemv_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_pt
             xt = tl.load(x_ptrs + k0, mask=m_ok & k_ok, other=0)
         xt = _scaled_x(xt, kscale_ptr, k0 + kx, k_ok, HAS_KSCALE)
         if MASK_F16:
-            sacc = tl.dot(tl.full((SLICES, 16, BLOCK_KS), 1.0, tl.float16), xt, sacc)
+            sacc = tl.dot(tl.full((SLICES, BLOCK_L, BLOCK_KS), 1.0, tl.float16), xt, sacc)
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = _all_fields(
             lanes, xt, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
             BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-    sx = tl.sum(tl.sum(sacc, axis=0), axis=0) * (1.0 / 16)  # 16 equal rows of ones . x
+    sx = tl.sum(sacc, axis=0)
     _finish_all(tl.sum(a0, axis=0), tl.sum(a1, axis=0), tl.sum(a2, axis=0), tl.sum(a3, axis=0),
                 tl.sum(a4, axis=0), tl.sum(a5, axis=0), tl.sum(a6, axis=0), tl.sum(a7, axis=0),
                 tl.sum(a8, axis=0), tl.sum(a9, axis=0), tl.sum(a10, axis=0), tl.sum(a11, axis=0),
-                tl.sum(a12, axis=0), tl.sum(a13, axis=0), tl.sum(a14, axis=0), tl.sum(a15, axis=0),
-                sx[None, :], rl, rm, M, N, pid_k, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr,
+                tl.sum(a12, axis=0), tl.sum(a13, axis=0), tl.sum(a14, axis=0), tl.sum(a15, axis=0), sx, rl, rm, M, N, pid_k, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr,
                 stride_om, BITS, LANE_BITS, INT8_ACT, MASK_F16, NSCALE_PER_N, HAS_BIAS, SPLIT_K)
 
 
@@ -521,5 +523,5 @@ def _sign_reduce_kernel(ws_ptr, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_
         acc = sum_splits(ws_ptr, rm, rn, M, N, SPLIT_K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32))
     else:
         acc = sum_splits(ws_ptr, rm, rn, M, N, SPLIT_K, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
-    _epilogue(acc, rm, rn, M, N, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, stride_om,
+    _epilogue(acc, rm[:, None], rn[None, :], M, N, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, stride_om,
               RPL, INT8_ACT, NSCALE_PER_N, HAS_BIAS)

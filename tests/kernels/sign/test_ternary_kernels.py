@@ -41,7 +41,9 @@ def _ternary_t(qw):
     return ref.ternary.ternary_values(qw)
 
 
-SPLIT4 = (GEMV, KernelConfig(block_m=8, block_n=128, block_k=64, split_k=4, group_m=1))
+# 128 rows = 32 W1.58A8 lanes or 16 W1.58A16 lanes; block_k 128 = 4 warps x 32 (the int8 dot's K).
+# K = 384 has three such steps, so split_k=4 runs three splits.
+SPLIT4 = (GEMV, KernelConfig(block_m=8, block_n=128, block_k=128, split_k=4, group_m=1))
 # Forced GEMV at M > 16 uses wide tiles: the interpreter's cost is per program, and the masks
 # under test (ragged M, N, K) are the same at any tile size.
 WIDE_GEMV = KernelConfig(block_m=16, block_n=256, block_k=128, split_k=2, group_m=1)
@@ -90,7 +92,7 @@ def test_quantize_activations_two_pass_rows(device):
 
 @pytest.mark.parametrize("path,cfg", [
     (GEMV, None), SPLIT4,
-    (GEMM, None), (GEMM, KernelConfig(block_m=16, block_n=32, block_k=32, num_warps=4)),
+    (GEMM, None), (GEMM, KernelConfig(block_m=16, block_n=64, block_k=32, num_warps=4)),
 ])
 def test_a8_int32_accumulation_exact(device, path, cfg):
     """Integer x with |x| max 127 per row gives scale = 1 exactly, so x_q = x; with gamma a power
@@ -130,7 +132,7 @@ def test_a8_zero_row_gives_bias(device):
 A8_CASES = [
     (1, torch.float16, False, False, None),
     (2, torch.float32, True, True, None),
-    (3, torch.float16, True, False, (GEMV, KernelConfig(block_m=4, block_n=64, block_k=32, split_k=8, group_m=1))),
+    (3, torch.float16, True, False, (GEMV, KernelConfig(block_m=4, block_n=64, block_k=128, split_k=8, group_m=1))),
     (7, torch.float32, False, True, SPLIT4),
     (16, torch.float16, False, True, None),
     (33, torch.float16, True, True, (GEMM, KernelConfig(block_m=32, block_n=64, block_k=64, num_warps=4))),
@@ -166,7 +168,7 @@ def test_a8_matches_reference(device, m, dtype, per_channel, use_bias, cfg):
     (3, torch.float16, False, False, SPLIT4),
     (16, torch.float32, False, True, None),
     (33, torch.float16, True, False, None),
-    (100, torch.float16, True, True, (GEMM, KernelConfig(block_m=64, block_n=32, block_k=32, num_warps=4))),
+    (100, torch.float16, True, True, (GEMM, KernelConfig(block_m=64, block_n=128, block_k=32, num_warps=4))),
 ])
 def test_a16_matches_reference(device, m, dtype, per_channel, use_bias, cfg):
     _check_parity("ternary_a16", m, dtype, per_channel, use_bias, cfg, device)
@@ -226,10 +228,10 @@ def test_custom_ops_opcheck(device):
     """Schema and fake (meta) implementation of the custom op for both ternary kinds."""
     qw = _weight("ternary", per_channel=True).to(device)
     x = torch.randn(3, K, device=device)
-    cfg = FAM.heuristic(GEMV, 3, qw).to_list()
-    for kind in ("a8", "a16"):
+    for kind, q in (("a8", qw), ("a16", _weight("ternary_a16", per_channel=True).to(device))):
+        cfg = FAM.heuristic(GEMV, 3, q).to_list()
         torch.library.opcheck(torch.ops.lowbit.sign_linear.default,
-                              (x, qw["qweight"], None, qw["gamma"], None, kind, "gemv", cfg),
+                              (x, q["qweight"], None, q["gamma"], None, N, kind, "gemv", cfg),
                               test_utils=("test_schema", "test_faketensor"))
 
 
@@ -288,20 +290,23 @@ def test_bad_launch_arguments(device):
     qw = _weight("ternary").to(device)
     x = torch.randn(4, K, device=device)
     good = nan_out((4, N), x.dtype, device)
-    with pytest.raises(ValueError, match="multiple of the 16 codes"):
-        FAM.launch(x, qw, None, GEMV, KernelConfig(block_k=8), good)
+    ok = KernelConfig(block_m=4, block_n=64, block_k=128, group_m=1)
+    with pytest.raises(ValueError, match="K slice of at least 32"):
+        FAM.launch(x, qw, None, GEMV, KernelConfig(block_n=64, block_k=64), good)
+    with pytest.raises(ValueError, match="at least 16 lanes"):
+        FAM.launch(x, qw, None, GEMV, KernelConfig(block_n=32, block_k=128), good)
     with pytest.raises(ValueError, match="GEMM tiles need"):
         FAM.launch(x, qw, None, GEMM, KernelConfig(block_m=8, block_k=64), good)
     with pytest.raises(ValueError, match="power of two"):
         FAM.launch(x, qw, None, GEMM, KernelConfig(block_n=48), good)
     with pytest.raises(ValueError, match="explicit path"):
-        FAM.launch(x, qw, None, None, KernelConfig(), good)
+        FAM.launch(x, qw, None, None, ok, good)
     with pytest.raises(ValueError, match="out must have shape"):
-        FAM.launch(x, qw, None, GEMV, KernelConfig(), nan_out((4, N + 1), x.dtype, device))
+        FAM.launch(x, qw, None, GEMV, ok, nan_out((4, N + 1), x.dtype, device))
     with pytest.raises(ValueError, match="out must be"):
-        FAM.launch(x, qw, None, GEMV, KernelConfig(), nan_out((4, N), torch.float16, device))
+        FAM.launch(x, qw, None, GEMV, ok, nan_out((4, N), torch.float16, device))
     with pytest.raises(ValueError, match="x2d"):
-        FAM.launch(x.reshape(2, 2, K), qw, None, GEMV, KernelConfig(), good)
+        FAM.launch(x.reshape(2, 2, K), qw, None, GEMV, ok, good)
 
 
 def test_family_interface():
@@ -314,6 +319,6 @@ def test_family_interface():
     assert FAM.heuristic(GEMV, 1, qw).block_m == 1
     assert FAM.choose_path(1) is GEMV and FAM.choose_path(64) is GEMM
     cases = list(FAM.aot_cases())
-    assert 0 < len(cases) <= 45  # W1.58A8, W1.58A16 and binary: 13 each, plus 4 quantizer cases
+    assert 0 < len(cases) <= 45  # W1.58A8, W1.58A16 and binary: 11-12 each, plus 4 quantizer cases
     a8_gemm = [c for c in cases if c.integer_mma]
     assert a8_gemm and all(c.expects_tensor_cores for c in a8_gemm)
