@@ -12,7 +12,7 @@ import triton
 
 from ...formats import FLOAT_DTYPES, QuantizedWeight
 from ..base import AotCase, KernelConfig, KernelPath, LaunchPlan, aligned_args, triton_dtype
-from .configs import BINARY, KINDS, QUANT_MAX_BLOCK, SignKind, kind_heuristic, kind_of
+from .configs import BINARY, KINDS, QUANT_MAX_BLOCK, SignKind, kind_heuristic, kind_of, kind_search_space
 
 FAMILY_NAME = "sign"
 REDUCE_BLOCK_N = 128  # launch.REDUCE_BLOCK_N (launch imports this module lazily; kept equal by a test)
@@ -121,13 +121,12 @@ def aot_cases() -> list[AotCase]:
         cases += [sign_case(kind, gemv, f16, h(gemv, 1), m=1), sign_case(kind, gemv, f16, h(gemv, 16)),
                   sign_case(kind, gemv, f16, h(gemv, 3), even=False, split=4),
                   sign_case(kind, gemv, bf16, h(gemv, 2, bf16), m=None), sign_case(kind, gemv, f32, h(gemv, 4, f32))]
-        big = KernelConfig(block_m=128, block_n=64 * kind.rows_per_lane, block_k=128, group_m=8, num_warps=8,
-                           num_stages=3)
+        space = kind_search_space(kind, gemm, f16)
+        big = max(space, key=lambda c: (c.block_m * c.block_n * c.block_k * c.num_stages, c.num_warps))
         cases += [sign_case(kind, gemm, f16, h(gemm, 64)), sign_case(kind, gemm, f16, h(gemm, 4096)),
                   sign_case(kind, gemm, f16, h(gemm, 100), even=False),
                   sign_case(kind, gemm, bf16, h(gemm, 4096, bf16)), sign_case(kind, gemm, f32, h(gemm, 64, f32))]
-        if kind.int8_act:
-            cases.append(sign_case(kind, gemm, f16, big))
+        cases.append(sign_case(kind, gemm, f16, big, label=f"{kind.name} gemm f16 largest {big.label()}"))
         cases.append(reduce_case(kind, f16, 8))
     return cases
 

@@ -112,17 +112,21 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
 
     Chosen from the sm_90 SASS of candidates at N = K = 8192 (perf/NOTES.md, "ternary and binary"):
     GEMV: 16 lanes per CTA and 4 warps, each on a K slice of 256 lanes (512 for W1.58A8 at M = 1;
-    128 for the 16-bit lanes at M > 8, where 256 spills; 64 for the decoded bf16/fp32 fields).
+    128 for the 16-bit lanes at M > 8, where 256 spills; 64 for decoded bf16 fields, 16 or 8 for
+    fp32, whose FMA dots hold their operands in registers, with at most 4 rows per tile).
     GEMM: the largest tiles whose accumulators (one per field) fit the registers without spilling.
     """
     rpl = kind.rows_per_lane
     if path is KernelPath.GEMV:
-        bm = min(triton.next_power_of_2(max(m, 1)), 16)
+        fp32 = dtype == torch.float32 and not kind.int8_act
+        bm = min(triton.next_power_of_2(max(m, 1)), 4 if fp32 else 16)
         block_n = MIN_LANES * rpl
         if kind.int8_act:
             ks = 512 if m == 1 else 256
         elif kind.mask_f16(dtype):
             ks = 256 if bm <= 8 else 128
+        elif fp32:  # FMA dots hold their operands in registers
+            ks = 16 if kind.bits == 2 else 8
         else:
             ks = 64
         block_k = 4 * ks
@@ -131,16 +135,35 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
         return KernelConfig(block_m=bm, block_n=block_n, block_k=block_k, split_k=split, group_m=1,
                             num_warps=4, num_stages=stages)
     if kind.int8_act:
-        bm = 64 if m <= 64 else 128
-        warps = 4 if m <= 64 else 8
-        return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=128, group_m=8, num_warps=warps, num_stages=3)
+        if m <= 64:
+            return KernelConfig(block_m=64, block_n=64 * rpl, block_k=128, group_m=8, num_warps=4, num_stages=3)
+        return KernelConfig(block_m=128, block_n=64 * rpl, block_k=64, group_m=8, num_warps=8, num_stages=4)
     if dtype == torch.float32:
-        return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=32, group_m=8, num_warps=4, num_stages=2)
+        return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=16, group_m=8, num_warps=4, num_stages=2)
     if not kind.mask_f16(dtype):  # bf16: decoded fields
         return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=32, group_m=8, num_warps=4, num_stages=3)
     # fp16 masks: one fp32 accumulator [64 lanes, block_m] per field
     bm = 32 if kind.bits == 2 else 16
     return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=64, group_m=8, num_warps=4, num_stages=3)
+
+
+# GEMM tiles per operand kind, (block_m, lanes, block_k, num_warps): the accumulators (one per field)
+# bound them; each was checked to compile without spills for sm_80 and sm_90 (the compile gate builds
+# the largest of each).
+_GEMM_TILES = {
+    "int8": ((32, 64, 128, 4), (64, 64, 128, 4), (64, 32, 128, 4), (128, 32, 128, 8), (128, 64, 64, 8)),
+    "mask_ternary": ((16, 64, 64, 4), (32, 64, 64, 4), (32, 32, 64, 4), (64, 32, 64, 8)),
+    "mask_binary": ((16, 64, 64, 4), (16, 32, 64, 4), (32, 16, 64, 4)),
+    "decode": ((32, 16, 32, 4), (16, 16, 32, 4), (32, 16, 16, 4)),
+}
+
+
+def _tile_kind(kind: SignKind, dtype: torch.dtype) -> str:
+    if kind.int8_act:
+        return "int8"
+    if kind.mask_f16(dtype):
+        return "mask_ternary" if kind.bits == 2 else "mask_binary"
+    return "decode"
 
 
 def kind_search_space(kind: SignKind, path: KernelPath, dtype: torch.dtype = torch.float16) -> list[KernelConfig]:
@@ -157,9 +180,8 @@ def kind_search_space(kind: SignKind, path: KernelPath, dtype: torch.dtype = tor
                         if kind_config_problem(kind, path, cfg, dtype) is None:
                             out.append(cfg)
         return out
-    for bm, lanes, bk, warps in ((32, 64, 64, 4), (64, 64, 64, 8), (64, 64, 128, 8), (128, 64, 128, 8),
-                                 (32, 16, 32, 4), (64, 32, 64, 4)):
-        for stages in (2, 3, 4):
+    for bm, lanes, bk, warps in _GEMM_TILES[_tile_kind(kind, dtype)]:
+        for stages in (2, 3):
             cfg = KernelConfig(block_m=bm, block_n=lanes * rpl, block_k=bk, group_m=8, num_warps=warps,
                                num_stages=stages)
             if kind_config_problem(kind, path, cfg, dtype) is None:
