@@ -12,10 +12,9 @@ import triton
 
 from ...formats import FLOAT_DTYPES, QuantizedWeight
 from ..base import AotCase, KernelConfig, KernelPath, LaunchPlan, aligned_args, triton_dtype
-from .configs import BINARY, KINDS, QUANT_MAX_BLOCK, SignKind, kind_heuristic, kind_of, kind_search_space
+from .configs import BINARY, KINDS, QUANT_MAX_BLOCK, REDUCE_BLOCK_N, SignKind, kind_heuristic, kind_of, kind_search_space
 
 FAMILY_NAME = "sign"
-REDUCE_BLOCK_N = 128  # launch.REDUCE_BLOCK_N (launch imports this module lazily; kept equal by a test)
 _ALIGNED_INTS = ("N", "K", "NL", "stride_xm", "stride_ql", "stride_om", "stride_qm")
 
 

@@ -20,6 +20,7 @@ from ..base import DEFAULT_SMS, KernelConfig, KernelPath, common_config_problem,
 MAX_SPLIT_K = 16
 QUANT_MAX_BLOCK = 8192  # rows up to this K are quantized from registers in one read
 MIN_LANES = 16  # weight rows of one tensor-core A tile, in lanes
+REDUCE_BLOCK_N = 128  # columns per program of the split-K reduction
 MAX_A8_K = 2 ** 17  # int32 accumulation of 128 * |byte| <= 128 * 106 per k stays exact below this K
 
 # Inline PTX of the fp16 mask path (kernels._and16, _shift_down, _sign16), each on a 32-bit register

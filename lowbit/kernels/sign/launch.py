@@ -43,10 +43,9 @@ from ..._checks import ACTIVATION_DTYPES
 from ...formats import Scheme, TERNARY_SCHEMES
 from ..base import KernelConfig, KernelFamily, KernelPath, check_runtime, flatten_rows, interpreting, operands
 from . import configs as cfgs
-from .configs import KINDS, MAX_A8_K, QUANT_MAX_BLOCK, SignKind, kind_of
+from .configs import KINDS, MAX_A8_K, QUANT_MAX_BLOCK, REDUCE_BLOCK_N, SignKind, kind_of
 from .kernels import _sign_gemm_kernel, _sign_gemv_kernel, _sign_quant_kernel, _sign_reduce_kernel
 
-REDUCE_BLOCK_N = 128
 KIND_BY_NAME = {k.name: k for k in KINDS}
 
 __all__ = ["FAMILY", "SignFamily", "launch", "sign_linear", "quantize_activations"]
