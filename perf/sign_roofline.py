@@ -11,6 +11,7 @@ Must run with TRITON_INTERPRET unset. A stopgap until ``python -m lowbit check -
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import torch
@@ -59,6 +60,7 @@ def main(argv=None) -> None:
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     ap.add_argument("--verbose", action="store_true", help="print each launch's estimate and loop counts")
+    ap.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("run without TRITON_INTERPRET: this compiles for real GPUs")
@@ -68,10 +70,11 @@ def main(argv=None) -> None:
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     fam = sign.FAMILY
-    print(f"ESTIMATES (static SASS model, sm_90 SASS, H200 constants; not measured), N={args.n} K={args.k} "
-          f"{args.dtype}")
-    print(f"{'scheme':<12} {'M':>5} {'path':<5} {'config':<28} {'instr/weight':>12} {'est us':>8} "
-          f"{'% roofline':>10} {'x fp16':>7}  launches")
+    if not args.json:
+        print(f"ESTIMATES (static SASS model, sm_90 SASS, H200 constants; not measured), N={args.n} K={args.k} "
+              f"{args.dtype}")
+        print(f"{'scheme':<12} {'M':>5} {'path':<5} {'config':<28} {'instr/weight':>12} {'est us':>8} "
+              f"{'% roofline':>10} {'x fp16':>7}  launches")
     for scheme in args.schemes.split(","):
         qw = QuantizedWeight.empty(scheme, (args.n, args.k))
         for m in (int(v) for v in args.m.split(",")):
@@ -85,6 +88,12 @@ def main(argv=None) -> None:
                 if ipw is not None:
                     ipws.append(ipw)
             est = estimate(launches, H200, (m, args.n, args.k))
+            if args.json:
+                print(json.dumps({"scheme": scheme, "m": m, "path": path.value, "config": cfg.label(),
+                                  "instr_per_weight": ipws[0] if ipws else None, "est_us": est.time_s * 1e6,
+                                  "pct_roofline": est.pct_memory_roofline, "x_fp16": est.speedup_vs_fp16,
+                                  "launches": [lt.name for lt in est.launches]}))
+                continue
             ipw_s = f"{ipws[0]:.3f}" if ipws else "-"
             print(f"{scheme:<12} {m:>5} {path.value:<5} {cfg.label():<28} {ipw_s:>12} {est.time_s * 1e6:>8.2f} "
                   f"{est.pct_memory_roofline:>9.1f}% {est.speedup_vs_fp16:>7.2f}  "
