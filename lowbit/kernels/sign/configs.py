@@ -55,8 +55,8 @@ class SignKind:
         return not self.int8_act and dtype == torch.float16
 
     def min_block_k(self, dtype: torch.dtype) -> int:
-        """The K of one tensor-core instruction: 32 for int8 operands, 16 otherwise (8 for fp32 FMA dots)."""
-        return 32 if self.int8_act else (8 if dtype == torch.float32 else 16)
+        """The smallest K of one dot: 32 for int8 operands, 16 otherwise (Triton 3.6 asks 16 of fp32 dots too)."""
+        return 32 if self.int8_act else 16
 
 
 TERNARY_A8 = SignKind("a8", bits=2, lane_bits=8, int8_act=True, has_kscale=False)
@@ -113,31 +113,31 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
 
     Chosen from the sm_90 SASS of candidates at N = K = 8192 (perf/NOTES.md, "ternary and binary"):
     GEMV: 16 lanes per CTA and 4 warps, each on a K slice of 256 lanes (512 for W1.58A8 at M = 1;
-    128 for the 16-bit lanes at M > 8, where 256 spills; 64 for decoded bf16 fields, 16 or 8 for
-    fp32, whose FMA dots hold their operands in registers, with at most 4 rows per tile).
+    128 (ternary) or 64 (binary) for the 16-bit lanes at M > 8, where 256 spills; 64 for decoded bf16
+    fields, 16 for fp32, whose FMA dots hold their operands in registers, with at most 2 rows per tile).
     GEMM: the largest tiles whose accumulators (one per field) fit the registers without spilling.
     """
     rpl = kind.rows_per_lane
     if path is KernelPath.GEMV:
         fp32 = dtype == torch.float32 and not kind.int8_act
-        bm = min(triton.next_power_of_2(max(m, 1)), 4 if fp32 else 16)
+        bm = min(triton.next_power_of_2(max(m, 1)), 2 if fp32 else 16)
         block_n = MIN_LANES * rpl
         if kind.int8_act:
             ks = 512 if m == 1 else 256
         elif kind.mask_f16(dtype):
-            ks = 256 if bm <= 8 else 128
+            ks = 256 if bm <= 8 else (128 if kind.bits == 2 else 64)
         elif fp32:  # FMA dots hold their operands in registers
-            ks = 16 if kind.bits == 2 else 8
+            ks = 16
         else:
             ks = 64
         block_k = 4 * ks
         split = _gemv_split(kind, m, bm, n, k, block_n, block_k, sms)
-        stages = 2 if (kind.bits == 1 and bm > 8) else 3
+        stages = 2 if (fp32 or kind.bits == 1 and bm > 8) else 3
         return KernelConfig(block_m=bm, block_n=block_n, block_k=block_k, split_k=split, group_m=1,
                             num_warps=4, num_stages=stages)
     if kind.int8_act:
         if m <= 64:
-            return KernelConfig(block_m=64, block_n=64 * rpl, block_k=128, group_m=8, num_warps=4, num_stages=3)
+            return KernelConfig(block_m=32, block_n=64 * rpl, block_k=128, group_m=8, num_warps=4, num_stages=3)
         return KernelConfig(block_m=128, block_n=64 * rpl, block_k=64, group_m=8, num_warps=8, num_stages=4)
     if dtype == torch.float32:
         return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=16, group_m=8, num_warps=4, num_stages=2)
@@ -149,10 +149,10 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
 
 
 # GEMM tiles per operand kind, (block_m, lanes, block_k, num_warps): the accumulators (one per field)
-# bound them; each was checked to compile without spills for sm_80 and sm_90 (the compile gate builds
-# the largest of each).
+# bound them; each was checked to compile without spills for sm_80 and sm_90 with Triton 3.6 and 3.9
+# (the compile gate builds the largest of each).
 _GEMM_TILES = {
-    "int8": ((32, 64, 128, 4), (64, 64, 128, 4), (64, 32, 128, 4), (128, 32, 128, 8), (128, 64, 64, 8)),
+    "int8": ((32, 64, 128, 4), (64, 32, 128, 4), (128, 32, 128, 8), (128, 64, 64, 8)),
     "mask_ternary": ((16, 64, 64, 4), (32, 64, 64, 4), (32, 32, 64, 4), (64, 32, 64, 8)),
     "mask_binary": ((16, 64, 64, 4), (16, 32, 64, 4), (32, 16, 64, 4)),
     "decode": ((32, 16, 32, 4), (16, 16, 32, 4), (32, 16, 16, 4)),

@@ -120,8 +120,8 @@ def test_bad_inputs(device):
     with pytest.raises(ValueError, match="the sign kernels serve binary/ternary/ternary_a16, not scheme 'nf4'"):
         FAM.launch(x, nf4, None, GEMV, KernelConfig(block_k=32), nan_out((2, N), x.dtype, device))
     good = nan_out((2, N), x.dtype, device)
-    with pytest.raises(ValueError, match="K slice of at least 8"):
-        FAM.launch(x, qw, None, GEMV, KernelConfig(block_n=256, block_k=16), good)
+    with pytest.raises(ValueError, match="K slice of at least 16"):
+        FAM.launch(x, qw, None, GEMV, KernelConfig(block_n=256, block_k=32), good)
     with pytest.raises(ValueError, match="at least 16 lanes"):
         FAM.launch(x, qw, None, GEMV, KernelConfig(block_n=128, block_k=64), good)
     with pytest.raises(ValueError, match="GEMM tiles need"):
