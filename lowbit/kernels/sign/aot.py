@@ -63,7 +63,7 @@ def sign_case(kind: SignKind, path: KernelPath, xdtype: torch.dtype, cfg: Kernel
            "kscale_ptr": _ptr(kdt), "nscale_ptr": _ptr(ndt), "bias_ptr": _ptr(xdtype), "out_ptr": _ptr(xdtype)}
     rpl = kind.rows_per_lane
     consts = {"BITS": kind.bits, "LANE_BITS": kind.lane_bits, "INT8_ACT": kind.int8_act,
-              "MASK_F16": kind.mask_f16(xdtype), "HAS_KSCALE": kind.has_kscale, "NSCALE_PER_N": per_n,
+              "MASK": kind.masks(xdtype), "HAS_KSCALE": kind.has_kscale, "NSCALE_PER_N": per_n,
               "HAS_BIAS": has_bias}
     if path is KernelPath.GEMM:
         kernel = _sign_gemm_kernel

@@ -27,9 +27,12 @@ MAX_A8_K = 2 ** 17  # int32 accumulation of 128 * |byte| <= 128 * 106 per k stay
 # holding two 16-bit lanes. tests/kernels/sign emulates these exact strings bit for bit against the
 # interpreter twins.
 ASM_AND16 = tl.constexpr("and.b32 $0, $1, $2;")
+ASM_AND_OR16 = tl.constexpr("lop3.b32 $0, $1, $2, $3, 0xEA;")  # (a & b) | c
+ASM_SHR6 = tl.constexpr("shr.b32 $0, $1, 6;")
+ASM_SHR7 = tl.constexpr("shr.b32 $0, $1, 7;")
 ASM_SHR8 = tl.constexpr("shr.b32 $0, $1, 8;")
 ASM_SHR10 = tl.constexpr("shr.b32 $0, $1, 10;")
-ASM_SIGN16 = tl.constexpr("{ .reg .b32 t; and.b32 t, $1, 0x80008000; or.b32 $0, t, 0x3C003C00; }")
+ASM_SHR12 = tl.constexpr("shr.b32 $0, $1, 12;")
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,9 @@ class SignKind:
     def lane_dtype(self) -> torch.dtype:
         return torch.int8 if self.lane_bits == 8 else torch.int16
 
-    def mask_f16(self, dtype: torch.dtype) -> bool:
-        """fp16 activations of a 16-bit-lane kind run the mask path (the others decode each field)."""
-        return not self.int8_act and dtype == torch.float16
+    def masks(self, dtype: torch.dtype) -> bool:
+        """fp16 and bf16 activations of a 16-bit-lane kind run the mask path (fp32 decodes each field)."""
+        return not self.int8_act and dtype in (torch.float16, torch.bfloat16)
 
     def min_block_k(self, dtype: torch.dtype) -> int:
         """The smallest K of one dot: 32 for int8 operands, 16 otherwise (Triton 3.6 asks 16 of fp32 dots too)."""
@@ -113,8 +116,8 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
 
     Chosen from the sm_90 SASS of candidates at N = K = 8192 (perf/NOTES.md, "ternary and binary"):
     GEMV: 16 lanes per CTA and 4 warps, each on a K slice of 256 lanes (512 for W1.58A8 at M = 1;
-    128 (ternary) or 64 (binary) for the 16-bit lanes at M > 8, where 256 spills; 64 for decoded bf16
-    fields, 16 for fp32, whose FMA dots hold their operands in registers, with at most 2 rows per tile).
+    128 (ternary) or 64 (binary) for the 16-bit lanes at M > 8, where 256 spills; 16 for fp32, whose
+    FMA dots hold their operands in registers, with at most 2 rows per tile).
     GEMM: the largest tiles whose accumulators (one per field) fit the registers without spilling.
     """
     rpl = kind.rows_per_lane
@@ -124,12 +127,10 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
         block_n = MIN_LANES * rpl
         if kind.int8_act:
             ks = 512 if m == 1 else 256
-        elif kind.mask_f16(dtype):
+        elif kind.masks(dtype):
             ks = 256 if bm <= 8 else (128 if kind.bits == 2 else 64)
-        elif fp32:  # FMA dots hold their operands in registers
+        else:  # fp32: FMA dots hold their operands in registers
             ks = 16
-        else:
-            ks = 64
         block_k = 4 * ks
         split = _gemv_split(kind, m, bm, n, k, block_n, block_k, sms)
         stages = 2 if (fp32 or kind.bits == 1 and bm > 8) else 3
@@ -141,9 +142,7 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
         return KernelConfig(block_m=128, block_n=64 * rpl, block_k=64, group_m=8, num_warps=8, num_stages=4)
     if dtype == torch.float32:
         return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=16, group_m=8, num_warps=4, num_stages=2)
-    if not kind.mask_f16(dtype):  # bf16: decoded fields
-        return KernelConfig(block_m=32, block_n=MIN_LANES * rpl, block_k=32, group_m=8, num_warps=4, num_stages=3)
-    # fp16 masks: one fp32 accumulator [64 lanes, block_m] per field
+    # fp16 and bf16 masks: one fp32 accumulator [64 lanes, block_m] per field
     bm = 32 if kind.bits == 2 else 16
     return KernelConfig(block_m=bm, block_n=64 * rpl, block_k=64, group_m=8, num_warps=4, num_stages=3)
 
@@ -162,7 +161,7 @@ _GEMM_TILES = {
 def _tile_kind(kind: SignKind, dtype: torch.dtype) -> str:
     if kind.int8_act:
         return "int8"
-    if kind.mask_f16(dtype):
+    if kind.masks(dtype):
         return "mask_ternary" if kind.bits == 2 else "mask_binary"
     return "decode"
 

@@ -10,21 +10,25 @@ dot per field f (rows n = lane * RPL + f), with each field's operand cut out of 
   operand, and so are b & 0x03, b & 0x0C, b & 0x30: three ANDs per 4-byte register and four int8
   dots give every row after exact shifts (D3 = (dot(b) - dot(b&3) - dot(b&12) - dot(b&48)) / 64);
   the + 1 of the low fields is removed with sum(x_q), which the quantizer writes.
-* fp16 activations (MASK_F16, W1.58A16 and binary): a 16-bit lane ANDed with one field's bits is
-  an fp16 subnormal c * 2^(p - 24) (field at bit p < 10), or for the top field +-2.0 (ternary, two's
-  complement in the sign and top exponent bits) or +-1.0 with the exponent of 1.0 OR-ed in
+* fp16 and bf16 activations (MASK, W1.58A16 and binary): a 16-bit lane ANDed with one field's bits
+  is an fp16 subnormal c * 2^(p - 24) (field at bit p < 10), or for the top field +-2.0 (ternary,
+  two's complement in the sign and top exponent bits) or +-1.0 with the exponent of 1.0 OR-ed in
   (binary). One AND per 32-bit register (two weights) makes the operand; fields above bit 9 are
   first shifted down once per register. The scale 2^(24 - p) and the offset (c = t + 1, or
   b = (s + 1) / 2) are undone after the K loop with sum(x), accumulated by a dot with ones.
   Tensor cores take fp16 subnormals as they are, and every factor is a power of two, so the
-  result is what an fp16 x fp16 -> fp32 dot of the decoded weights gives.
-* bf16 and fp32 activations (neither flag): each field is decoded to its integer value and
-  converted to x's dtype (fp32 dots use input_precision="ieee").
+  result is what an fp16 x fp16 -> fp32 dot of the decoded weights gives. bf16 subnormal products
+  would fall below fp32's range, so bf16 operands OR in the exponent of 128 (value 128 + c * 2^p,
+  one `lop3` per pair, fields at bits < 6 after shifts by 6 and 12, or 7 and 8); removing
+  128 sum(x) cancels at most 7 bits of the fp32 accumulator, far below bf16's own rounding.
+* fp32 activations (neither flag): each field is decoded to its integer value; exact FMA dots
+  (input_precision="ieee").
 
-On a GPU the fp16 masks and shifts are inline PTX (`and.b32`, `shr.b32` on packed pairs: Triton
-would otherwise process each 16-bit value on its own); under the interpreter (USE_ASM=False) the
-same operations run as plain Triton on each 16-bit value, with identical results (the shift's
-bits that cross halves are always masked away). The asm strings live in configs.py.
+On a GPU the masks and shifts are inline PTX (`and.b32`, `lop3.b32`, `shr.b32` on packed pairs:
+Triton would otherwise process each 16-bit value on its own); under the interpreter (USE_ASM=False)
+the same operations run as plain Triton on each 16-bit value, with identical results (the shift's
+bits that cross halves are always masked away), and bf16 dots widen to fp32 (the interpreter's bf16
+dots are wrong). The asm strings live in configs.py.
 
 Kernels:
 
@@ -43,7 +47,7 @@ import triton
 import triton.language as tl
 
 from ..jit import grouped_tile, sum_splits
-from .configs import ASM_AND16, ASM_SHR8, ASM_SHR10, ASM_SIGN16
+from .configs import ASM_AND16, ASM_AND_OR16, ASM_SHR6, ASM_SHR7, ASM_SHR8, ASM_SHR10, ASM_SHR12
 
 
 # -- the activation quantizer (W1.58A8) ------------------------------------------------------------
@@ -117,117 +121,189 @@ def _sign_quant_kernel(x_ptr, xq_ptr, scale_ptr, xsum_ptr, K, stride_xm, stride_
 # -- weight operands of one field ----------------------------------------------------------------
 
 @triton.jit
-def _and16(lanes, MASK: tl.constexpr, USE_ASM: tl.constexpr):
-    """The fp16 whose bits are lanes & MASK (16-bit lanes); one `and.b32` per pair on the GPU."""
+def _and_or16(lanes, MASK: tl.constexpr, MAGIC: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
+    """The DTYPE (fp16 or bf16) whose bits are (lanes & MASK) | MAGIC, for 16-bit lanes: one `and.b32`
+    (MAGIC = 0) or one `lop3.b32` per packed pair on the GPU."""
     SMASK: tl.constexpr = MASK - (MASK >> 15) * 65536  # the same 16 bits as a signed int16
     m = tl.full(lanes.shape, SMASK, tl.int16)
     if USE_ASM:
-        return tl.inline_asm_elementwise(ASM_AND16, "=r,r,r", [lanes, m], dtype=tl.float16, is_pure=True,
-                                         pack=2)
+        if MAGIC == 0:
+            return tl.inline_asm_elementwise(ASM_AND16, "=r,r,r", [lanes, m], dtype=DTYPE, is_pure=True, pack=2)
+        else:
+            g = tl.full(lanes.shape, MAGIC, tl.int16)
+            return tl.inline_asm_elementwise(ASM_AND_OR16, "=r,r,r,r", [lanes, m, g], dtype=DTYPE, is_pure=True,
+                                             pack=2)
     else:
-        return (lanes & m).to(tl.float16, bitcast=True)
+        v = lanes & m
+        if MAGIC != 0:
+            v = v | tl.full(lanes.shape, MAGIC, tl.int16)
+        return v.to(DTYPE, bitcast=True)
 
 
 @triton.jit
 def _shift_down(lanes, SHIFT: tl.constexpr, USE_ASM: tl.constexpr):
-    """Each 16-bit lane shifted right by SHIFT (8 or 10). The GPU shifts packed pairs as one 32-bit
-    word, which fills the top SHIFT bits of the low lane from the high lane: callers mask them off."""
+    """Each 16-bit lane shifted right by SHIFT (6, 7, 8, 10 or 12). The GPU shifts packed pairs as one
+    32-bit word, which fills the top SHIFT bits of the low lane from the high lane: callers mask them off."""
     if USE_ASM:
-        if SHIFT == 8:
+        if SHIFT == 6:
+            return tl.inline_asm_elementwise(ASM_SHR6, "=r,r", [lanes], dtype=tl.int16, is_pure=True, pack=2)
+        elif SHIFT == 7:
+            return tl.inline_asm_elementwise(ASM_SHR7, "=r,r", [lanes], dtype=tl.int16, is_pure=True, pack=2)
+        elif SHIFT == 8:
             return tl.inline_asm_elementwise(ASM_SHR8, "=r,r", [lanes], dtype=tl.int16, is_pure=True, pack=2)
-        else:
+        elif SHIFT == 10:
             return tl.inline_asm_elementwise(ASM_SHR10, "=r,r", [lanes], dtype=tl.int16, is_pure=True, pack=2)
+        else:
+            return tl.inline_asm_elementwise(ASM_SHR12, "=r,r", [lanes], dtype=tl.int16, is_pure=True, pack=2)
     else:
         return (lanes.to(tl.uint16, bitcast=True) >> SHIFT).to(tl.int16, bitcast=True)
 
 
 @triton.jit
-def _sign16(lanes, USE_ASM: tl.constexpr):
-    """fp16 -1.0 where bit 15 of the lane is set, +1.0 elsewhere: (lanes & 0x8000) | 0x3C00."""
-    if USE_ASM:
-        return tl.inline_asm_elementwise(ASM_SIGN16, "=r,r", [lanes], dtype=tl.float16, is_pure=True, pack=2)
+def _shifted_lanes(lanes, BITS: tl.constexpr, BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """The two shifted copies of the lanes the mask operands read (see _mask_operand)."""
+    if BF16:
+        if BITS == 2:
+            return _shift_down(lanes, 6, USE_ASM), _shift_down(lanes, 12, USE_ASM)
+        else:
+            return _shift_down(lanes, 7, USE_ASM), _shift_down(lanes, 8, USE_ASM)
     else:
-        top = lanes & tl.full(lanes.shape, -32768, tl.int16)
-        return (top | tl.full(lanes.shape, 0x3C00, tl.int16)).to(tl.float16, bitcast=True)
+        sa = _shift_down(lanes, 8 if BITS == 2 else 10, USE_ASM)
+        return sa, sa
 
 
 @triton.jit
-def _mask_operand(lanes, hi, F: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr):
-    """fp16 operand of field F cut out of 16-bit lanes (`hi`: lanes shifted by 8 (ternary) or 10 (binary))."""
+def _mask_operand(lanes, sa, sb, F: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """The 16-bit operand of field F: its bits ANDed out of the lanes or a shifted copy (sa, sb), at bit P
+    (_field_pos). fp16: the value is c * 2^(P - 24), a subnormal. bf16 (whose subnormals products would
+    underflow fp32): the exponent of 128.0 is OR-ed in, value 128 + c * 2^P. Top fields: the sign bit
+    makes +-2 t (ternary, with the top exponent bit) or, with 1.0 OR-ed in, -s (binary)."""
+    DT: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
+    MAGIC: tl.constexpr = 0x4300 if BF16 else 0
     if BITS == 2:
-        if F < 5:
-            return _and16(lanes, 3 << (2 * F), USE_ASM)
-        elif F < 7:
-            return _and16(hi, 3 << (2 * F - 8), USE_ASM)
+        if F == 7:
+            return _and_or16(lanes, 0xC000, 0, DT, USE_ASM)
+        elif BF16:
+            if F < 3:
+                return _and_or16(lanes, 3 << (2 * F), MAGIC, DT, USE_ASM)
+            elif F < 6:
+                return _and_or16(sa, 3 << (2 * F - 6), MAGIC, DT, USE_ASM)
+            else:
+                return _and_or16(sb, 3, MAGIC, DT, USE_ASM)
+        elif F < 5:
+            return _and_or16(lanes, 3 << (2 * F), MAGIC, DT, USE_ASM)
         else:
-            return _and16(lanes, 0xC000, USE_ASM)
+            return _and_or16(sa, 3 << (2 * F - 8), MAGIC, DT, USE_ASM)
     else:
-        if F < 10:
-            return _and16(lanes, 1 << F, USE_ASM)
-        elif F < 15:
-            return _and16(hi, 1 << (F - 10), USE_ASM)
+        if F == 15:
+            return _and_or16(lanes, 0x8000, 0x3F80 if BF16 else 0x3C00, DT, USE_ASM)
+        elif BF16:
+            if F < 7:
+                return _and_or16(lanes, 1 << F, MAGIC, DT, USE_ASM)
+            elif F < 14:
+                return _and_or16(sa, 1 << (F - 7), MAGIC, DT, USE_ASM)
+            else:
+                return _and_or16(sb, 1 << 6, MAGIC, DT, USE_ASM)
+        elif F < 10:
+            return _and_or16(lanes, 1 << F, MAGIC, DT, USE_ASM)
         else:
-            return _sign16(lanes, USE_ASM)
+            return _and_or16(sa, 1 << (F - 10), MAGIC, DT, USE_ASM)
 
 
 @triton.jit
-def _decode_field(lanes, F: tl.constexpr, BITS: tl.constexpr, LANE_BITS: tl.constexpr):
-    """Integer value (int32) of field F: t (ternary; the top field in two's complement) or s = 2 b - 1."""
-    RPL: tl.constexpr = LANE_BITS // BITS
-    u = lanes.to(tl.int32) & ((1 << LANE_BITS) - 1)
-    c = (u >> (F * BITS)) & ((1 << BITS) - 1)
-    if BITS == 1:
-        return c * 2 - 1
-    elif F == RPL - 1:
-        return (c ^ 2) - 2
+def _field_pos(F: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr):
+    """Bit position P of field F's low bit in the operand _mask_operand builds (low fields only)."""
+    if BITS == 2:
+        if BF16:
+            if F < 3:
+                return 2 * F
+            elif F < 6:
+                return 2 * F - 6
+            else:
+                return 0
+        elif F < 5:
+            return 2 * F
+        else:
+            return 2 * F - 8
     else:
-        return c - 1
+        if BF16:
+            if F < 7:
+                return F
+            elif F < 14:
+                return F - 7
+            else:
+                return 6
+        elif F < 10:
+            return F
+        else:
+            return F - 10
 
 
 @triton.jit
-def _field_dot(lanes, hi, xt, acc, F: tl.constexpr, BITS: tl.constexpr, LANE_BITS: tl.constexpr,
-               INT8_ACT: tl.constexpr, MASK_F16: tl.constexpr, USE_ASM: tl.constexpr):
-    """acc + (operand of field F) . xt, for rank-2 or rank-3 (batched) tiles."""
+def _field_dot(lanes, sa, sb, xt, acc, F: tl.constexpr, BITS: tl.constexpr, INT8_ACT: tl.constexpr,
+               MASK: tl.constexpr, USE_ASM: tl.constexpr):
+    """acc + (operand of field F) . xt, for rank-2 or rank-3 (batched) tiles.
+
+    Under the interpreter (USE_ASM=False), whose bf16 dots are wrong, bf16 operands are widened to fp32
+    first: exact, like the tensor cores' products.
+    """
     if INT8_ACT:
         if F == 3:
             return tl.dot(lanes, xt, acc, out_dtype=tl.int32)
         else:
             return tl.dot(lanes & (3 << (2 * F)), xt, acc, out_dtype=tl.int32)
-    elif MASK_F16:
-        return tl.dot(_mask_operand(lanes, hi, F, BITS, USE_ASM), xt, acc)
-    else:
-        w = _decode_field(lanes, F, BITS, LANE_BITS).to(xt.dtype)
-        if xt.dtype == tl.float32:
-            return tl.dot(w, xt, acc, input_precision="ieee")
+    elif MASK:
+        w = _mask_operand(lanes, sa, sb, F, BITS, xt.dtype == tl.bfloat16, USE_ASM)
+        if xt.dtype == tl.bfloat16 and not USE_ASM:
+            return tl.dot(w.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(w, xt, acc)
+    else:  # fp32 activations: the field's integer value, exact FMA dots
+        RPL: tl.constexpr = 16 // BITS
+        u = lanes.to(tl.int32) & 0xFFFF
+        c = (u >> (F * BITS)) & ((1 << BITS) - 1)
+        if BITS == 1:
+            w = c * 2 - 1
+        elif F == RPL - 1:
+            w = (c ^ 2) - 2
         else:
-            return tl.dot(w, xt, acc)
+            w = c - 1
+        return tl.dot(w.to(tl.float32), xt, acc, input_precision="ieee")
 
 
 @triton.jit
-def _field_value(acc, sx, F: tl.constexpr, BITS: tl.constexpr, LANE_BITS: tl.constexpr,
-                 MASK_F16: tl.constexpr):
+def _ones_dot(ones, xt, acc, USE_ASM: tl.constexpr):
+    """acc + ones . xt: every row gets sum(x) per column (fp32 under the interpreter for bf16, as in _field_dot)."""
+    if xt.dtype == tl.bfloat16 and not USE_ASM:
+        return tl.dot(ones.to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(ones, xt, acc)
+
+
+@triton.jit
+def _field_value(acc, sx, F: tl.constexpr, BITS: tl.constexpr, LANE_BITS: tl.constexpr, MASK: tl.constexpr,
+                 BF16: tl.constexpr):
     """Undo field F's operand encoding: the plain dot of its rows (before gamma / h, bias).
 
-    MASK_F16: the scale 2^(24 - p) of a field at bit p and the offset (c = t + 1: subtract
-    sum(x); b = (s + 1) / 2: 2 acc - sum(x)); the top field is 2 t (ternary) or -s (binary).
+    MASK: the low fields' dot with c (ternary t + 1, binary b) is acc * 2^(24 - P) (fp16) or
+    (acc - 128 sum(x)) * 2^-P (bf16); then t = c - 1 subtracts sum(x) and s = 2 b - 1 gives
+    2 dot - sum(x). The top field's operand is 2 t (ternary) or -s (binary).
     INT8_ACT keeps the low fields' raw dots (their shifts need the full-byte dot: _a8_values).
     """
-    if MASK_F16:
+    if MASK:
         RPL: tl.constexpr = LANE_BITS // BITS
-        if BITS == 2:
-            if F == RPL - 1:
+        P: tl.constexpr = _field_pos(F, BITS, BF16)
+        if F == RPL - 1:
+            if BITS == 2:
                 return acc * 0.5
-            elif F < 5:
-                return acc * (2.0 ** (24 - 2 * F)) - sx
             else:
-                return acc * (2.0 ** (32 - 2 * F)) - sx
-        else:
-            if F == RPL - 1:
                 return -acc
-            elif F < 10:
-                return acc * (2.0 ** (25 - F)) - sx
-            else:
-                return acc * (2.0 ** (35 - F)) - sx
+        if BF16:
+            dot = (acc - 128.0 * sx) * (2.0 ** (-P))
+        else:
+            dot = acc * (2.0 ** (24 - P))
+        if BITS == 2:
+            return dot - sx
+        else:
+            return 2.0 * dot - sx
     else:
         return acc
 
@@ -285,88 +361,89 @@ def _a8_values(full, a0, a1, a2):
 @triton.jit
 def _finish_all(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, sx, rl, rm, M, N, pid_k,
                 xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om,
-                BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK_F16: tl.constexpr,
-                NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+                BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK: tl.constexpr,
+                BF16: tl.constexpr, NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
     """Every field's rows of one tile (a_f [lanes, BM]; `sx`: sum(x) per column for the fp16 masks,
     broadcastable to [lanes, BM])."""
     RPL: tl.constexpr = LANE_BITS // BITS
     if INT8_ACT:
         a0, a1, a2, a3 = _a8_values(a3, a0, a1, a2)  # a3 holds the full-byte dot
-    _finish_field(_field_value(a0, sx, 0, BITS, LANE_BITS, MASK_F16), rl, rm, 0, M, N, pid_k, xscale_ptr, xsum_ptr,
+    _finish_field(_field_value(a0, sx, 0, BITS, LANE_BITS, MASK, BF16), rl, rm, 0, M, N, pid_k, xscale_ptr, xsum_ptr,
                   nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N, HAS_BIAS, SPLIT_K)
-    _finish_field(_field_value(a1, sx, 1, BITS, LANE_BITS, MASK_F16), rl, rm, 1, M, N, pid_k, xscale_ptr, xsum_ptr,
+    _finish_field(_field_value(a1, sx, 1, BITS, LANE_BITS, MASK, BF16), rl, rm, 1, M, N, pid_k, xscale_ptr, xsum_ptr,
                   nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N, HAS_BIAS, SPLIT_K)
-    _finish_field(_field_value(a2, sx, 2, BITS, LANE_BITS, MASK_F16), rl, rm, 2, M, N, pid_k, xscale_ptr, xsum_ptr,
+    _finish_field(_field_value(a2, sx, 2, BITS, LANE_BITS, MASK, BF16), rl, rm, 2, M, N, pid_k, xscale_ptr, xsum_ptr,
                   nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N, HAS_BIAS, SPLIT_K)
-    _finish_field(_field_value(a3, sx, 3, BITS, LANE_BITS, MASK_F16), rl, rm, 3, M, N, pid_k, xscale_ptr, xsum_ptr,
+    _finish_field(_field_value(a3, sx, 3, BITS, LANE_BITS, MASK, BF16), rl, rm, 3, M, N, pid_k, xscale_ptr, xsum_ptr,
                   nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N, HAS_BIAS, SPLIT_K)
     if RPL > 4:
-        _finish_field(_field_value(a4, sx, 4, BITS, LANE_BITS, MASK_F16), rl, rm, 4, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a4, sx, 4, BITS, LANE_BITS, MASK, BF16), rl, rm, 4, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a5, sx, 5, BITS, LANE_BITS, MASK_F16), rl, rm, 5, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a5, sx, 5, BITS, LANE_BITS, MASK, BF16), rl, rm, 5, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a6, sx, 6, BITS, LANE_BITS, MASK_F16), rl, rm, 6, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a6, sx, 6, BITS, LANE_BITS, MASK, BF16), rl, rm, 6, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a7, sx, 7, BITS, LANE_BITS, MASK_F16), rl, rm, 7, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a7, sx, 7, BITS, LANE_BITS, MASK, BF16), rl, rm, 7, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
     if RPL > 8:
-        _finish_field(_field_value(a8, sx, 8, BITS, LANE_BITS, MASK_F16), rl, rm, 8, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a8, sx, 8, BITS, LANE_BITS, MASK, BF16), rl, rm, 8, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a9, sx, 9, BITS, LANE_BITS, MASK_F16), rl, rm, 9, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a9, sx, 9, BITS, LANE_BITS, MASK, BF16), rl, rm, 9, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a10, sx, 10, BITS, LANE_BITS, MASK_F16), rl, rm, 10, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a10, sx, 10, BITS, LANE_BITS, MASK, BF16), rl, rm, 10, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a11, sx, 11, BITS, LANE_BITS, MASK_F16), rl, rm, 11, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a11, sx, 11, BITS, LANE_BITS, MASK, BF16), rl, rm, 11, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a12, sx, 12, BITS, LANE_BITS, MASK_F16), rl, rm, 12, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a12, sx, 12, BITS, LANE_BITS, MASK, BF16), rl, rm, 12, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a13, sx, 13, BITS, LANE_BITS, MASK_F16), rl, rm, 13, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a13, sx, 13, BITS, LANE_BITS, MASK, BF16), rl, rm, 13, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a14, sx, 14, BITS, LANE_BITS, MASK_F16), rl, rm, 14, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a14, sx, 14, BITS, LANE_BITS, MASK, BF16), rl, rm, 14, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
-        _finish_field(_field_value(a15, sx, 15, BITS, LANE_BITS, MASK_F16), rl, rm, 15, M, N, pid_k, xscale_ptr,
+        _finish_field(_field_value(a15, sx, 15, BITS, LANE_BITS, MASK, BF16), rl, rm, 15, M, N, pid_k, xscale_ptr,
                       xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr, stride_om, RPL, INT8_ACT, NSCALE_PER_N,
                       HAS_BIAS, SPLIT_K)
 
 
 @triton.jit
 def _all_fields(lanes, xt, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-                BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK_F16: tl.constexpr,
+                BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK: tl.constexpr,
                 USE_ASM: tl.constexpr):
     """One K step of every field's dot (W1.58A8: a3 takes the full-byte dot)."""
     RPL: tl.constexpr = LANE_BITS // BITS
-    hi = lanes
-    if MASK_F16:
-        hi = _shift_down(lanes, 8 if BITS == 2 else 10, USE_ASM)
-    a0 = _field_dot(lanes, hi, xt, a0, 0, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-    a1 = _field_dot(lanes, hi, xt, a1, 1, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-    a2 = _field_dot(lanes, hi, xt, a2, 2, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-    a3 = _field_dot(lanes, hi, xt, a3, 3, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
+    sa = lanes
+    sb = lanes
+    if MASK:
+        sa, sb = _shifted_lanes(lanes, BITS, xt.dtype == tl.bfloat16, USE_ASM)
+    a0 = _field_dot(lanes, sa, sb, xt, a0, 0, BITS, INT8_ACT, MASK, USE_ASM)
+    a1 = _field_dot(lanes, sa, sb, xt, a1, 1, BITS, INT8_ACT, MASK, USE_ASM)
+    a2 = _field_dot(lanes, sa, sb, xt, a2, 2, BITS, INT8_ACT, MASK, USE_ASM)
+    a3 = _field_dot(lanes, sa, sb, xt, a3, 3, BITS, INT8_ACT, MASK, USE_ASM)
     if RPL > 4:
-        a4 = _field_dot(lanes, hi, xt, a4, 4, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a5 = _field_dot(lanes, hi, xt, a5, 5, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a6 = _field_dot(lanes, hi, xt, a6, 6, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a7 = _field_dot(lanes, hi, xt, a7, 7, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
+        a4 = _field_dot(lanes, sa, sb, xt, a4, 4, BITS, INT8_ACT, MASK, USE_ASM)
+        a5 = _field_dot(lanes, sa, sb, xt, a5, 5, BITS, INT8_ACT, MASK, USE_ASM)
+        a6 = _field_dot(lanes, sa, sb, xt, a6, 6, BITS, INT8_ACT, MASK, USE_ASM)
+        a7 = _field_dot(lanes, sa, sb, xt, a7, 7, BITS, INT8_ACT, MASK, USE_ASM)
     if RPL > 8:
-        a8 = _field_dot(lanes, hi, xt, a8, 8, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a9 = _field_dot(lanes, hi, xt, a9, 9, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a10 = _field_dot(lanes, hi, xt, a10, 10, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a11 = _field_dot(lanes, hi, xt, a11, 11, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a12 = _field_dot(lanes, hi, xt, a12, 12, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a13 = _field_dot(lanes, hi, xt, a13, 13, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a14 = _field_dot(lanes, hi, xt, a14, 14, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
-        a15 = _field_dot(lanes, hi, xt, a15, 15, BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
+        a8 = _field_dot(lanes, sa, sb, xt, a8, 8, BITS, INT8_ACT, MASK, USE_ASM)
+        a9 = _field_dot(lanes, sa, sb, xt, a9, 9, BITS, INT8_ACT, MASK, USE_ASM)
+        a10 = _field_dot(lanes, sa, sb, xt, a10, 10, BITS, INT8_ACT, MASK, USE_ASM)
+        a11 = _field_dot(lanes, sa, sb, xt, a11, 11, BITS, INT8_ACT, MASK, USE_ASM)
+        a12 = _field_dot(lanes, sa, sb, xt, a12, 12, BITS, INT8_ACT, MASK, USE_ASM)
+        a13 = _field_dot(lanes, sa, sb, xt, a13, 13, BITS, INT8_ACT, MASK, USE_ASM)
+        a14 = _field_dot(lanes, sa, sb, xt, a14, 14, BITS, INT8_ACT, MASK, USE_ASM)
+        a15 = _field_dot(lanes, sa, sb, xt, a15, 15, BITS, INT8_ACT, MASK, USE_ASM)
     return a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15
 
 
@@ -385,7 +462,7 @@ def _scaled_x(xt, kscale_ptr, rk, k_ok, HAS_KSCALE: tl.constexpr):
 @triton.jit
 def _sign_gemv_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr,
                       M, N, K, NL, stride_xm, stride_ql, stride_om,
-                      BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK_F16: tl.constexpr,
+                      BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK: tl.constexpr,
                       HAS_KSCALE: tl.constexpr, NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_KS: tl.constexpr, SLICES: tl.constexpr,
                       SPLIT_K: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr):
@@ -440,23 +517,24 @@ def _sign_gemv_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_pt
             k_ok = k0 + kx < K
             xt = tl.load(x_ptrs + k0, mask=m_ok & k_ok, other=0)
         xt = _scaled_x(xt, kscale_ptr, k0 + kx, k_ok, HAS_KSCALE)
-        if MASK_F16:
-            sacc = tl.dot(tl.full((SLICES, BLOCK_L, BLOCK_KS), 1.0, tl.float16), xt, sacc)
+        if MASK:
+            sacc = _ones_dot(tl.full((SLICES, BLOCK_L, BLOCK_KS), 1.0, xt.dtype), xt, sacc, USE_ASM)
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = _all_fields(
             lanes, xt, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-            BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
+            BITS, LANE_BITS, INT8_ACT, MASK, USE_ASM)
     sx = tl.sum(sacc, axis=0)
     _finish_all(tl.sum(a0, axis=0), tl.sum(a1, axis=0), tl.sum(a2, axis=0), tl.sum(a3, axis=0),
                 tl.sum(a4, axis=0), tl.sum(a5, axis=0), tl.sum(a6, axis=0), tl.sum(a7, axis=0),
                 tl.sum(a8, axis=0), tl.sum(a9, axis=0), tl.sum(a10, axis=0), tl.sum(a11, axis=0),
                 tl.sum(a12, axis=0), tl.sum(a13, axis=0), tl.sum(a14, axis=0), tl.sum(a15, axis=0), sx, rl, rm, M, N, pid_k, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr,
-                stride_om, BITS, LANE_BITS, INT8_ACT, MASK_F16, NSCALE_PER_N, HAS_BIAS, SPLIT_K)
+                stride_om, BITS, LANE_BITS, INT8_ACT, MASK, x_ptr.dtype.element_ty == tl.bfloat16, NSCALE_PER_N,
+                HAS_BIAS, SPLIT_K)
 
 
 @triton.jit
 def _sign_gemm_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_ptr, bias_ptr, out_ptr,
                       M, N, K, NL, stride_xm, stride_ql, stride_om,
-                      BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK_F16: tl.constexpr,
+                      BITS: tl.constexpr, LANE_BITS: tl.constexpr, INT8_ACT: tl.constexpr, MASK: tl.constexpr,
                       HAS_KSCALE: tl.constexpr, NSCALE_PER_N: tl.constexpr, HAS_BIAS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                       EVEN: tl.constexpr, USE_ASM: tl.constexpr):
@@ -500,15 +578,15 @@ def _sign_gemm_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_pt
             lanes = tl.load(lane_ptrs + k0, mask=l_ok & (k0 + rk[None, :] < K), other=0)
             xt = tl.load(x_ptrs + k0, mask=m_ok & k_ok, other=0)
         xt = _scaled_x(xt, kscale_ptr, k0 + rk[:, None], k_ok, HAS_KSCALE)
-        if MASK_F16:
-            sacc = tl.dot(tl.full((16, BLOCK_K), 1.0, tl.float16), xt, sacc)
+        if MASK:
+            sacc = _ones_dot(tl.full((16, BLOCK_K), 1.0, xt.dtype), xt, sacc, USE_ASM)
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = _all_fields(
             lanes, xt, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-            BITS, LANE_BITS, INT8_ACT, MASK_F16, USE_ASM)
+            BITS, LANE_BITS, INT8_ACT, MASK, USE_ASM)
     sx = tl.sum(sacc, axis=0) * (1.0 / 16)
     _finish_all(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, sx[None, :], rl, rm, M, N, 0,
                 xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, out_ptr, stride_om,
-                BITS, LANE_BITS, INT8_ACT, MASK_F16, NSCALE_PER_N, HAS_BIAS, 1)
+                BITS, LANE_BITS, INT8_ACT, MASK, x_ptr.dtype.element_ty == tl.bfloat16, NSCALE_PER_N, HAS_BIAS, 1)
 
 
 @triton.jit

@@ -100,7 +100,7 @@ def _run(kind: SignKind, path: KernelPath, cfg: KernelConfig, x2d: torch.Tensor,
     block_l = cfg.block_n // rpl
     dummy = nscale
     common = dict(BITS=kind.bits, LANE_BITS=kind.lane_bits, INT8_ACT=kind.int8_act,
-                  MASK_F16=kind.mask_f16(x2d.dtype), HAS_KSCALE=kind.has_kscale,
+                  MASK=kind.masks(x2d.dtype), HAS_KSCALE=kind.has_kscale,
                   NSCALE_PER_N=nscale.numel() != 1, HAS_BIAS=bias is not None, USE_ASM=not interpreting())
     xs = xscale if xscale is not None else dummy
     xsm = xsum if xsum is not None else dummy

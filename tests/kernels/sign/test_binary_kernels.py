@@ -17,8 +17,9 @@ GEMV, GEMM = KernelPath.GEMV, KernelPath.GEMM
 # Output rounding dominates: half an ulp relative to max|y| is 2^-11 (fp16), 2^-8 (bf16), 2^-24
 # (fp32). x * g is exact in fp32 (fp16 x fp16 needs 22 significant bits), the fp32 accumulation
 # over K = 384 random-sign terms adds ~sqrt(K) * 2^-24, and * h one more rounding. bf16 also
-# rounds g to bf16 in the GEMM operand (2^-9 per term, random signs).
-TOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 3e-5}
+# rounds x * g to bf16 (2^-9 per term, random signs). The interpreter truncates fp32 -> bf16 casts (a
+# full ulp, 2^-7, for x * g and the output): 1.5e-2 there.
+TOL = {torch.float16: 1e-3, torch.bfloat16: 1.5e-2 if INTERPRET else 8e-3, torch.float32: 3e-5}
 # 256 rows = 16 lanes of 16 binary rows; block_k 64 = 4 warps x 16 (the fp16 dot's K)
 SPLIT4 = (GEMV, KernelConfig(block_m=8, block_n=256, block_k=64, split_k=4, group_m=1))
 # Forced GEMV at M > 16 uses wide tiles: the interpreter's cost is per program, and the masks
@@ -85,8 +86,7 @@ def test_matches_reference(device, m, dtype, use_bias, explicit):
     _check_parity(m, dtype, use_bias, explicit, device)
 
 
-@pytest.mark.skipif(INTERPRET, reason="bf16 tl.dot is wrong under the Triton interpreter; GPU only")
-def test_bf16_on_gpu(device):
+def test_bf16(device):
     _check_parity(33, torch.bfloat16, True, None, device)
 
 
