@@ -80,7 +80,7 @@ GPU_TILES = {
     # sign family: block_n counts output rows, 16 lanes (GEMV) or 64 lanes (GEMM) of 4, 8 or 16 rows
     ("ternary", KernelPath.GEMV): (4, 64, 1024), ("ternary", KernelPath.GEMM): (32, 256, 128),
     ("ternary_a16", KernelPath.GEMV): (4, 128, 1024), ("ternary_a16", KernelPath.GEMM): (32, 512, 64),
-    ("binary", KernelPath.GEMV): (4, 256, 1024), ("binary", KernelPath.GEMM): (16, 1024, 64),
+    ("binary", KernelPath.GEMV): (4, 256, 512), ("binary", KernelPath.GEMM): (16, 1024, 64),
 }
 
 

@@ -115,9 +115,9 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
     """Tile sizes from M (and the grid size for split-K) without timing anything.
 
     Chosen from the sm_90 SASS of candidates at N = K = 8192 (perf/NOTES.md, "ternary and binary"):
-    GEMV: 16 lanes per CTA and 4 warps, each on a K slice of 256 lanes (512 for W1.58A8 at M = 1;
-    128 (ternary) or 64 (binary) for the 16-bit lanes at M > 8, where 256 spills; 16 for fp32, whose
-    FMA dots hold their operands in registers, with at most 2 rows per tile).
+    GEMV: 16 lanes per CTA and 4 warps, each on a K slice of 256 lanes (512 for W1.58A8 at M = 1; 128
+    for binary; 64 for the 16-bit lanes at M > 8, where more spills; 16 for fp32, whose FMA dots hold
+    their operands in registers, with at most 2 rows per tile).
     GEMM: the largest tiles whose accumulators (one per field) fit the registers without spilling.
     """
     rpl = kind.rows_per_lane
@@ -128,12 +128,12 @@ def kind_heuristic(kind: SignKind, path: KernelPath, m: int, n: int, k: int,
         if kind.int8_act:
             ks = 512 if m == 1 else 256
         elif kind.masks(dtype):
-            ks = 256 if bm <= 8 else (128 if kind.bits == 2 else 64)
+            ks = 64 if bm > 8 else (256 if kind.bits == 2 else 128)
         else:  # fp32: FMA dots hold their operands in registers
             ks = 16
         block_k = 4 * ks
         split = _gemv_split(kind, m, bm, n, k, block_n, block_k, sms)
-        stages = 2 if (fp32 or kind.bits == 1 and bm > 8) else 3
+        stages = 2 if (fp32 or kind.masks(dtype) and bm > 8) else 3
         return KernelConfig(block_m=bm, block_n=block_n, block_k=block_k, split_k=split, group_m=1,
                             num_warps=4, num_stages=stages)
     if kind.int8_act:

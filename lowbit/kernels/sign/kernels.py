@@ -121,23 +121,35 @@ def _sign_quant_kernel(x_ptr, xq_ptr, scale_ptr, xsum_ptr, K, stride_xm, stride_
 # -- weight operands of one field ----------------------------------------------------------------
 
 @triton.jit
-def _and_or16(lanes, MASK: tl.constexpr, MAGIC: tl.constexpr, DTYPE: tl.constexpr, USE_ASM: tl.constexpr):
-    """The DTYPE (fp16 or bf16) whose bits are (lanes & MASK) | MAGIC, for 16-bit lanes: one `and.b32`
+def _and_or16(lanes, MASK: tl.constexpr, MAGIC: tl.constexpr, BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """The bf16 (BF16) or fp16 whose bits are (lanes & MASK) | MAGIC, for 16-bit lanes: one `and.b32`
     (MAGIC = 0) or one `lop3.b32` per packed pair on the GPU."""
     SMASK: tl.constexpr = MASK - (MASK >> 15) * 65536  # the same 16 bits as a signed int16
     m = tl.full(lanes.shape, SMASK, tl.int16)
+    g = tl.full(lanes.shape, MAGIC, tl.int16)
     if USE_ASM:
-        if MAGIC == 0:
-            return tl.inline_asm_elementwise(ASM_AND16, "=r,r,r", [lanes, m], dtype=DTYPE, is_pure=True, pack=2)
+        if BF16:
+            if MAGIC == 0:
+                return tl.inline_asm_elementwise(ASM_AND16, "=r,r,r", [lanes, m], dtype=tl.bfloat16, is_pure=True,
+                                                 pack=2)
+            else:
+                return tl.inline_asm_elementwise(ASM_AND_OR16, "=r,r,r,r", [lanes, m, g], dtype=tl.bfloat16,
+                                                 is_pure=True, pack=2)
         else:
-            g = tl.full(lanes.shape, MAGIC, tl.int16)
-            return tl.inline_asm_elementwise(ASM_AND_OR16, "=r,r,r,r", [lanes, m, g], dtype=DTYPE, is_pure=True,
-                                             pack=2)
+            if MAGIC == 0:
+                return tl.inline_asm_elementwise(ASM_AND16, "=r,r,r", [lanes, m], dtype=tl.float16, is_pure=True,
+                                                 pack=2)
+            else:
+                return tl.inline_asm_elementwise(ASM_AND_OR16, "=r,r,r,r", [lanes, m, g], dtype=tl.float16,
+                                                 is_pure=True, pack=2)
     else:
         v = lanes & m
         if MAGIC != 0:
-            v = v | tl.full(lanes.shape, MAGIC, tl.int16)
-        return v.to(DTYPE, bitcast=True)
+            v = v | g
+        if BF16:
+            return v.to(tl.bfloat16, bitcast=True)
+        else:
+            return v.to(tl.float16, bitcast=True)
 
 
 @triton.jit
@@ -178,65 +190,35 @@ def _mask_operand(lanes, sa, sb, F: tl.constexpr, BITS: tl.constexpr, BF16: tl.c
     (_field_pos). fp16: the value is c * 2^(P - 24), a subnormal. bf16 (whose subnormals products would
     underflow fp32): the exponent of 128.0 is OR-ed in, value 128 + c * 2^P. Top fields: the sign bit
     makes +-2 t (ternary, with the top exponent bit) or, with 1.0 OR-ed in, -s (binary)."""
-    DT: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
     MAGIC: tl.constexpr = 0x4300 if BF16 else 0
     if BITS == 2:
         if F == 7:
-            return _and_or16(lanes, 0xC000, 0, DT, USE_ASM)
+            return _and_or16(lanes, 0xC000, 0, BF16, USE_ASM)
         elif BF16:
             if F < 3:
-                return _and_or16(lanes, 3 << (2 * F), MAGIC, DT, USE_ASM)
+                return _and_or16(lanes, 3 << (2 * F), MAGIC, BF16, USE_ASM)
             elif F < 6:
-                return _and_or16(sa, 3 << (2 * F - 6), MAGIC, DT, USE_ASM)
+                return _and_or16(sa, 3 << (2 * F - 6), MAGIC, BF16, USE_ASM)
             else:
-                return _and_or16(sb, 3, MAGIC, DT, USE_ASM)
+                return _and_or16(sb, 3, MAGIC, BF16, USE_ASM)
         elif F < 5:
-            return _and_or16(lanes, 3 << (2 * F), MAGIC, DT, USE_ASM)
+            return _and_or16(lanes, 3 << (2 * F), MAGIC, BF16, USE_ASM)
         else:
-            return _and_or16(sa, 3 << (2 * F - 8), MAGIC, DT, USE_ASM)
+            return _and_or16(sa, 3 << (2 * F - 8), MAGIC, BF16, USE_ASM)
     else:
         if F == 15:
-            return _and_or16(lanes, 0x8000, 0x3F80 if BF16 else 0x3C00, DT, USE_ASM)
+            return _and_or16(lanes, 0x8000, 0x3F80 if BF16 else 0x3C00, BF16, USE_ASM)
         elif BF16:
             if F < 7:
-                return _and_or16(lanes, 1 << F, MAGIC, DT, USE_ASM)
+                return _and_or16(lanes, 1 << F, MAGIC, BF16, USE_ASM)
             elif F < 14:
-                return _and_or16(sa, 1 << (F - 7), MAGIC, DT, USE_ASM)
+                return _and_or16(sa, 1 << (F - 7), MAGIC, BF16, USE_ASM)
             else:
-                return _and_or16(sb, 1 << 6, MAGIC, DT, USE_ASM)
+                return _and_or16(sb, 1 << 6, MAGIC, BF16, USE_ASM)
         elif F < 10:
-            return _and_or16(lanes, 1 << F, MAGIC, DT, USE_ASM)
+            return _and_or16(lanes, 1 << F, MAGIC, BF16, USE_ASM)
         else:
-            return _and_or16(sa, 1 << (F - 10), MAGIC, DT, USE_ASM)
-
-
-@triton.jit
-def _field_pos(F: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr):
-    """Bit position P of field F's low bit in the operand _mask_operand builds (low fields only)."""
-    if BITS == 2:
-        if BF16:
-            if F < 3:
-                return 2 * F
-            elif F < 6:
-                return 2 * F - 6
-            else:
-                return 0
-        elif F < 5:
-            return 2 * F
-        else:
-            return 2 * F - 8
-    else:
-        if BF16:
-            if F < 7:
-                return F
-            elif F < 14:
-                return F - 7
-            else:
-                return 6
-        elif F < 10:
-            return F
-        else:
-            return F - 10
+            return _and_or16(sa, 1 << (F - 10), MAGIC, BF16, USE_ASM)
 
 
 @triton.jit
@@ -279,31 +261,54 @@ def _ones_dot(ones, xt, acc, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _low_field_dot(acc, sx, P: tl.constexpr, BF16: tl.constexpr):
+    """sum(x * c) of a low field whose operand held c at bit P: acc * 2^(24 - P) (fp16 subnormals) or
+    (acc - 128 sum(x)) * 2^-P (bf16, 128 + c 2^P)."""
+    if BF16:
+        return (acc - 128.0 * sx) * (2.0 ** (-P))
+    else:
+        return acc * (2.0 ** (24 - P))
+
+
+@triton.jit
 def _field_value(acc, sx, F: tl.constexpr, BITS: tl.constexpr, LANE_BITS: tl.constexpr, MASK: tl.constexpr,
                  BF16: tl.constexpr):
-    """Undo field F's operand encoding: the plain dot of its rows (before gamma / h, bias).
+    """Undo field F's operand encoding (_mask_operand): the plain dot of its rows (before gamma / h, bias).
 
-    MASK: the low fields' dot with c (ternary t + 1, binary b) is acc * 2^(24 - P) (fp16) or
-    (acc - 128 sum(x)) * 2^-P (bf16); then t = c - 1 subtracts sum(x) and s = 2 b - 1 gives
-    2 dot - sum(x). The top field's operand is 2 t (ternary) or -s (binary).
-    INT8_ACT keeps the low fields' raw dots (their shifts need the full-byte dot: _a8_values).
+    MASK: the low fields' dot with c (ternary t + 1, binary b), from the field's bit position P in its
+    operand (_low_field_dot); then t = c - 1 subtracts sum(x) and s = 2 b - 1 gives 2 dot - sum(x). The
+    top field's operand is 2 t (ternary) or -s (binary). INT8_ACT keeps the low fields' raw dots
+    (their shifts need the full-byte dot: _a8_values).
     """
     if MASK:
-        RPL: tl.constexpr = LANE_BITS // BITS
-        P: tl.constexpr = _field_pos(F, BITS, BF16)
-        if F == RPL - 1:
-            if BITS == 2:
-                return acc * 0.5
-            else:
-                return -acc
-        if BF16:
-            dot = (acc - 128.0 * sx) * (2.0 ** (-P))
-        else:
-            dot = acc * (2.0 ** (24 - P))
         if BITS == 2:
-            return dot - sx
+            if F == 7:
+                return acc * 0.5
+            if BF16:
+                if F < 3:
+                    return _low_field_dot(acc, sx, 2 * F, BF16) - sx
+                elif F < 6:
+                    return _low_field_dot(acc, sx, 2 * F - 6, BF16) - sx
+                else:
+                    return _low_field_dot(acc, sx, 0, BF16) - sx
+            elif F < 5:
+                return _low_field_dot(acc, sx, 2 * F, BF16) - sx
+            else:
+                return _low_field_dot(acc, sx, 2 * F - 8, BF16) - sx
         else:
-            return 2.0 * dot - sx
+            if F == 15:
+                return -acc
+            if BF16:
+                if F < 7:
+                    return 2.0 * _low_field_dot(acc, sx, F, BF16) - sx
+                elif F < 14:
+                    return 2.0 * _low_field_dot(acc, sx, F - 7, BF16) - sx
+                else:
+                    return 2.0 * _low_field_dot(acc, sx, 6, BF16) - sx
+            elif F < 10:
+                return 2.0 * _low_field_dot(acc, sx, F, BF16) - sx
+            else:
+                return 2.0 * _low_field_dot(acc, sx, F - 10, BF16) - sx
     else:
         return acc
 
