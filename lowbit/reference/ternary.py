@@ -122,6 +122,18 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xq, scale
 
 
+def linear_quantized(xq: torch.Tensor, scale: torch.Tensor, qw, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """W1.58A8 on activations already quantized with a given per-token scale: (x_q . T^T) * gamma / scale.
+
+    The oracle of lowbit.kernels.sign.linear_quantized (tensor parallelism quantizes with the scale of
+    the whole row, gathered across ranks, and multiplies each rank's K slice).
+    """
+    t = ternary_values(qw)
+    acc = xq.to(torch.int64) @ t.t()
+    g = qw["gamma"].to(torch.float64)
+    return (acc.to(torch.float64) * g / scale.to(torch.float64).unsqueeze(-1)).to(out_dtype)
+
+
 def linear_a8(x: torch.Tensor, qw, bias=None, out_dtype=None) -> torch.Tensor:
     """W1.58A8 oracle: exact integer dot in int64, rescale and bias in float64."""
     xq, scale = quantize_activations(x)

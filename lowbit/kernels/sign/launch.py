@@ -43,12 +43,12 @@ from ..._checks import ACTIVATION_DTYPES
 from ...formats import Scheme, TERNARY_SCHEMES
 from ..base import KernelConfig, KernelFamily, KernelPath, check_runtime, flatten_rows, interpreting, operands
 from . import configs as cfgs
-from .configs import KINDS, MAX_A8_K, QUANT_MAX_BLOCK, REDUCE_BLOCK_N, SignKind, kind_of
+from .configs import KINDS, MAX_A8_K, QUANT_MAX_BLOCK, REDUCE_BLOCK_N, TERNARY_A8, SignKind, kind_of
 from .kernels import _sign_gemm_kernel, _sign_gemv_kernel, _sign_quant_kernel, _sign_reduce_kernel
 
 KIND_BY_NAME = {k.name: k for k in KINDS}
 
-__all__ = ["FAMILY", "SignFamily", "launch", "sign_linear", "quantize_activations"]
+__all__ = ["FAMILY", "SignFamily", "launch", "sign_linear", "quantize_activations", "linear_quantized"]
 
 
 def quantize_rows(x2d: torch.Tensor, max_block: int = QUANT_MAX_BLOCK
@@ -131,6 +131,53 @@ def _run(kind: SignKind, path: KernelPath, cfg: KernelConfig, x2d: torch.Tensor,
             NSCALE_PER_N=common["NSCALE_PER_N"], HAS_BIAS=bias is not None, BLOCK_M=rbm, BLOCK_N=REDUCE_BLOCK_N,
             num_warps=4)
     return out
+
+
+def linear_quantized(xq: torch.Tensor, scale: torch.Tensor, qw, out_dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+    """W1.58A8 on activations already quantized with a given per-token scale: y [M, N] = (x_q . T^T) * gamma / scale.
+
+    For tensor parallelism, where the scale is that of the whole row across ranks and each rank
+    multiplies its K slice. `xq` int8 [M, K], `scale` fp32 [M], `qw` a ``ternary`` (W1.58A8) weight;
+    the twin of lowbit.reference.ternary.linear_quantized. Runs the family's default config.
+    """
+    from ...formats import ActivationQuant
+
+    if not isinstance(xq, torch.Tensor) or xq.dtype != torch.int8 or xq.dim() != 2 or xq.numel() == 0:
+        raise TypeError(f"xq must be a non-empty 2-D int8 tensor, got {getattr(xq, 'dtype', type(xq).__name__)}")
+    FAMILY.check_served(qw)
+    if qw.scheme is Scheme.BINARY or qw.spec.activation is not ActivationQuant.INT8_PER_TOKEN:
+        raise ValueError(f"linear_quantized multiplies W1.58A8 ('ternary') weights, not {qw.scheme.value!r}")
+    m, k = xq.shape
+    if k != qw.K:
+        raise ValueError(f"xq.shape[-1]={k} does not match the weight's K={qw.K}")
+    if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or tuple(scale.shape) != (m,):
+        raise ValueError(f"scale must be fp32 of shape ({m},), got {getattr(scale, 'dtype', None)} "
+                         f"{tuple(getattr(scale, 'shape', ()))}")
+    if xq.device != qw.device or scale.device != qw.device:
+        raise ValueError(f"xq, scale and the weight must share a device, got {xq.device}, {scale.device}, {qw.device}")
+    check_runtime(xq)
+    _check_k(TERNARY_A8, k)
+    path = FAMILY.choose_path(m)
+    cfg = FAMILY.default_config(xq, path, m, qw)
+    qweight, _, gamma = _tensors(qw)
+    return sign_linear_quantized(xq.contiguous(), scale.contiguous(), qweight, gamma, qw.N, out_dtype, path.value,
+                                 cfg.to_list())
+
+
+@torch.library.custom_op("lowbit::sign_linear_quantized", mutates_args=())
+def sign_linear_quantized(xq: torch.Tensor, scale: torch.Tensor, qweight: torch.Tensor, gamma: torch.Tensor, n: int,
+                          out_dtype: torch.dtype, path: str, config: list[int]) -> torch.Tensor:
+    """y [M, n] = (x_q . T^T) * gamma / scale for W1.58A8 lanes and given int8 activations (linear_quantized)."""
+    out = torch.empty((xq.shape[0], n), dtype=out_dtype, device=xq.device)
+    xsum = xq.sum(dim=1, dtype=torch.int32)
+    return _run(TERNARY_A8, KernelPath(path), KernelConfig.from_list(config), xq, scale, xsum, qweight, None, gamma,
+                None, out)
+
+
+@sign_linear_quantized.register_fake
+def _sign_linear_quantized_fake(xq, scale, qweight, gamma, n, out_dtype, path, config):
+    return xq.new_empty((xq.shape[0], n), dtype=out_dtype)
 
 
 def _tensors(qw) -> tuple:

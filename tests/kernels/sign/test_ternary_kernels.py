@@ -323,3 +323,36 @@ def test_family_interface():
     assert 0 < len(cases) <= 45  # W1.58A8, W1.58A16 and binary: 11-12 each, plus 4 quantizer cases
     a8_gemm = [c for c in cases if c.integer_mma]
     assert a8_gemm and all(c.expects_tensor_cores for c in a8_gemm)
+
+
+# -- W1.58A8 on pre-quantized activations (tensor parallelism's row-parallel layers) -----------------
+
+@pytest.mark.parametrize("m", [pytest.param(3, id="gemv"), pytest.param(33, id="gemm")])
+def test_linear_quantized_exact(device, m):
+    """Given int8 x_q and a per-token scale, the kernel equals the oracle: integer dot exact, then
+    * gamma / scale in fp32 (power-of-two gamma and scale keep that exact too)."""
+    qw = _with_gamma(_weight("ternary", per_channel=True), 2.0 ** torch.randint(-3, 4, (N,)).float()).to(device)
+    xq = torch.randint(-128, 128, (m, K), dtype=torch.int8).to(device)
+    scale = (2.0 ** torch.randint(-2, 3, (m,))).float().to(device)
+    y = sign.linear_quantized(xq, scale, qw)
+    want = ref.ternary.linear_quantized(xq.cpu(), scale.cpu(), qw.to("cpu"))
+    assert y.dtype == torch.float32 and torch.equal(y.cpu(), want)
+    assert sign.linear_quantized(xq, scale, qw, torch.float16).dtype == torch.float16
+
+
+def test_linear_quantized_bad_inputs(device):
+    qw = _weight("ternary").to(device)
+    xq = torch.zeros(2, K, dtype=torch.int8, device=device)
+    scale = torch.ones(2, device=device)
+    with pytest.raises(TypeError, match="int8"):
+        sign.linear_quantized(xq.float(), scale, qw)
+    with pytest.raises(ValueError, match="does not match the weight's K"):
+        sign.linear_quantized(xq[:, :-1], scale, qw)
+    with pytest.raises(ValueError, match="scale must be fp32 of shape"):
+        sign.linear_quantized(xq, scale[:1], qw)
+    with pytest.raises(ValueError, match="W1.58A8"):
+        sign.linear_quantized(xq, scale, _weight("ternary_a16").to(device))
+    torch.library.opcheck(torch.ops.lowbit.sign_linear_quantized.default,
+                          (xq, scale, qw["qweight"], qw["gamma"], N, torch.float32, "gemv",
+                           FAM.heuristic(GEMV, 2, qw).to_list()),
+                          test_utils=("test_schema", "test_faketensor"))
