@@ -23,12 +23,14 @@ per column tile instead of once:
   the dot): 2 x 32 x 64 MiB, four times the traffic, and round every element 32 times. The GEMM
   is compute-bound (550 int8 GOP, about 280 us at 1980 TOP/s) while the pass's HBM traffic takes
   about 20 us at 4.8 TB/s.
-- M <= 16 (the GEMV): the pass adds 2 M K bytes of HBM traffic (x_q written, then read back)
-  to a call that moves N K / 4 bytes of weights plus 2 M K of x: 8 M / N of the weight bytes, at
-  most 0.8 % at M = 1 for N >= 1024 and 12.5 % at M = 16, N = 1024, the smallest of the
-  benchmark shapes (the demo model's N = 384 aside). x_q is written and read back within
-  microseconds, so it is mostly served from L2. What remains is the price of one more launch
-  (about 1 us eagerly or under CUDA-graph replay, counted by the static model).
+- M <= 16 (the GEMV): against a fused kernel (which reads x once too), the pass adds the x_q round
+  trip, 2 M K bytes, to a call of N K / 4 + 2 M K + 2 M N bytes. At the benchmark shapes that is
+  under 10 % for every shape with N >= 1536 at every M <= 16 (3.1 % at M = 16, N = 4096), and for
+  every shape at M <= 4; it reaches 10.8 % at M = 16 for N = 1024 (K = 4096) and 20-24 % at M = 16
+  for the demo model's N = 384, where the two launches cost more than the bytes anyway. x_q is
+  written and read back within microseconds, so most of the round trip is served from L2. What
+  remains is the price of one more launch (about 1 us, counted by the static model); a fused
+  quantizer would instead make every CTA read the whole row for its absmax and quantize it again.
 
 W1.58A16 and binary skip activation quantization: y = (x . T^T) * gamma, or ((x * g) . S^T) * h.
 """
