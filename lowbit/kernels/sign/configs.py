@@ -88,6 +88,8 @@ def kind_config_problem(kind: SignKind, path: KernelPath, cfg: KernelConfig,
     if cfg.num_warps & (cfg.num_warps - 1):
         return f"num_warps={cfg.num_warps} is not a power of two"
     if path is KernelPath.GEMV:
+        if cfg.num_warps > 8:
+            return f"GEMV CTAs take at most 8 warps (one K slice each), got num_warps={cfg.num_warps}"
         if cfg.split_k > MAX_SPLIT_K:
             return f"split_k must be <= {MAX_SPLIT_K}, got {cfg.split_k}"
         if cfg.block_m > 64:

@@ -462,6 +462,32 @@ def _scaled_x(xt, kscale_ptr, rk, k_ok, HAS_KSCALE: tl.constexpr):
         return xt
 
 
+@triton.jit
+def _sum_slices(a, S: tl.constexpr):
+    """Sum of a [S, lanes, BM] accumulator over its K slices (S = 1, 2, 4 or 8), in a fixed order.
+
+    Pairwise splits of a permuted view rather than tl.sum: Triton lowers a reduction over the warp
+    axis of an MMA accumulator through several shared-memory rounds and shuffles per field, which
+    cost more than the 16-field epilogue of a short split-K CTA can afford (perf/NOTES.md).
+    """
+    if S == 1:
+        return tl.reshape(a, (a.shape[1], a.shape[2]))
+    t = tl.permute(a, (1, 2, 0))
+    if S == 4:
+        t = tl.reshape(t, (t.shape[0], t.shape[1], 2, 2))
+    elif S == 8:
+        t = tl.reshape(t, (t.shape[0], t.shape[1], 2, 2, 2))
+    p, q = tl.split(t)
+    t = p + q
+    if S >= 4:
+        p, q = tl.split(t)
+        t = p + q
+    if S == 8:
+        p, q = tl.split(t)
+        t = p + q
+    return t
+
+
 # -- the kernels --------------------------------------------------------------------------------
 
 @triton.jit
@@ -527,11 +553,12 @@ def _sign_gemv_kernel(x_ptr, xscale_ptr, xsum_ptr, qw_ptr, kscale_ptr, nscale_pt
         a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = _all_fields(
             lanes, xt, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
             BITS, LANE_BITS, INT8_ACT, MASK, USE_ASM)
-    sx = tl.sum(sacc, axis=0)
-    _finish_all(tl.sum(a0, axis=0), tl.sum(a1, axis=0), tl.sum(a2, axis=0), tl.sum(a3, axis=0),
-                tl.sum(a4, axis=0), tl.sum(a5, axis=0), tl.sum(a6, axis=0), tl.sum(a7, axis=0),
-                tl.sum(a8, axis=0), tl.sum(a9, axis=0), tl.sum(a10, axis=0), tl.sum(a11, axis=0),
-                tl.sum(a12, axis=0), tl.sum(a13, axis=0), tl.sum(a14, axis=0), tl.sum(a15, axis=0), sx, rl, rm, M, N, pid_k, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr,
+    S: tl.constexpr = SLICES
+    sx = _sum_slices(sacc, S)
+    _finish_all(_sum_slices(a0, S), _sum_slices(a1, S), _sum_slices(a2, S), _sum_slices(a3, S),
+                _sum_slices(a4, S), _sum_slices(a5, S), _sum_slices(a6, S), _sum_slices(a7, S),
+                _sum_slices(a8, S), _sum_slices(a9, S), _sum_slices(a10, S), _sum_slices(a11, S),
+                _sum_slices(a12, S), _sum_slices(a13, S), _sum_slices(a14, S), _sum_slices(a15, S), sx, rl, rm, M, N, pid_k, xscale_ptr, xsum_ptr, nscale_ptr, bias_ptr, out_ptr, ws_ptr,
                 stride_om, BITS, LANE_BITS, INT8_ACT, MASK, x_ptr.dtype.element_ty == tl.bfloat16, NSCALE_PER_N,
                 HAS_BIAS, SPLIT_K)
 
