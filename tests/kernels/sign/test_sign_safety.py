@@ -7,7 +7,6 @@ infinity has scale NaN and x_q = 0, so its output row is NaN. W1.58A16 and binar
 the reference row is then NaN or +-inf in every column; the kernels' rows are non-finite in every column
 too, with NaN in place of +-inf on the fp16 mask path (its offset correction computes inf - inf).
 """
-import re
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 import lowbit
 from lowbit import reference as ref
 from lowbit.formats import QuantizedWeight
-from lowbit.kernels import KernelConfig, KernelPath, sign
+from lowbit.kernels import KernelPath, sign
 from lowbit.nn import QuantLinear
 
 from helpers import INTERPRET, assert_close, nan_out
