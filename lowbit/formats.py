@@ -105,6 +105,42 @@ _CODES = TensorRule(("Kw", "N"), (torch.int32,))
 # The low-rank factors: fp16 as the quantizer stores them (fp32 when fp16 would lose them, e.g. tiny weights).
 LOWRANK_RULES = {"lowrank_a": TensorRule(("N", "r"), (torch.float16, torch.float32)),
                  "lowrank_b": TensorRule(("r", "K"), (torch.float16, torch.float32))}
+
+
+@dataclass(frozen=True)
+class LaneLayout:
+    """How the sign-code schemes (ternary, ternary_a16, binary) pack a weight: lanes across rows.
+
+    At every input column k, `rows_per_lane` consecutive output rows share one `lane_bits`-bit lane
+    (row ``n = lane_row * rows_per_lane + f`` in field f, bits ``[f * field_bits, (f + 1) * field_bits)``).
+    A lane row holds its lanes for k = 0, 1, ... contiguously, little-endian, padded with zero-weight
+    codes to a multiple of `K_ALIGN` lanes, so rows start 16-byte aligned. The tensor is int32
+    ``qweight [lanes(N), words(K)]``. The field codes and why this arrangement suits the kernels are
+    documented next to the pack functions (lowbit.reference.ternary / binary).
+    """
+
+    field_bits: int
+    lane_bits: int
+
+    K_ALIGN: ClassVar[int] = 16
+
+    @property
+    def rows_per_lane(self) -> int:
+        return self.lane_bits // self.field_bits
+
+    def lanes(self, n: int) -> int:
+        """Lane rows that hold `n` output rows."""
+        return -(-n // self.rows_per_lane)
+
+    def padded_k(self, k: int) -> int:
+        return -(-k // self.K_ALIGN) * self.K_ALIGN
+
+    def words(self, k: int) -> int:
+        """int32 words per lane row."""
+        return self.padded_k(k) * self.lane_bits // 32
+
+
+_LANES = TensorRule(("NL", "KQ"), (torch.int32,))
 _SPEC_CLASSES: dict[Scheme, type] = {}
 
 
@@ -315,7 +351,11 @@ class ActivationQuant(str, enum.Enum):
 @spec_class(Scheme.TERNARY, Scheme.TERNARY_A16)
 @dataclass(frozen=True)
 class TernarySpec(SpecBase):
-    """Options of ternary/ternary_a16: T in {-1, 0, 1}, gamma = mean|W| per tensor or per channel."""
+    """Options of ternary/ternary_a16: T in {-1, 0, 1}, gamma = mean|W| per tensor or per channel.
+
+    W1.58A8 (``ternary``) packs 4 rows per 8-bit lane, W1.58A16 (``ternary_a16``) 8 rows per 16-bit
+    lane (:class:`LaneLayout`; the kernels' int8 and fp16 tensor-core operands).
+    """
 
     activation: ActivationQuant = ActivationQuant.INT8_PER_TOKEN
     per_channel: bool = False
@@ -331,12 +371,19 @@ class TernarySpec(SpecBase):
         _check_bool("per_channel", per_channel)
         return cls(activation=cls.activation_of(scheme), per_channel=per_channel)
 
+    @property
+    def layout(self) -> LaneLayout:
+        return LaneLayout(field_bits=2, lane_bits=8 if self.activation is ActivationQuant.INT8_PER_TOKEN else 16)
+
     def options(self) -> dict:
         return {"per_channel": self.per_channel}
 
     def tensor_rules(self):
-        return {"qweight": _CODES,
+        return {"qweight": _LANES,
                 "gamma": TensorRule(("N",) if self.per_channel else (1,), (torch.float32,))}
+
+    def dims(self, n: int, k: int) -> dict[str, int]:
+        return {"NL": self.layout.lanes(n), "KQ": self.layout.words(k)}
 
     def check_scheme(self, scheme):
         _check_bool("per_channel", self.per_channel)
@@ -344,28 +391,42 @@ class TernarySpec(SpecBase):
             raise ValueError(f"{scheme.value} spec has activation={self.activation.value}")
 
     def check_values(self, qw):
-        """Reject code 3 (not t + 1 for a ternary t) here, so the kernels' forward needs no check or sync.
+        """Reject codes that are no ternary value here, so the kernels' forward needs no check or sync.
 
-        A 2-bit field holds 3 exactly when both its bits are set: one pass over the packed int32
-        words, no unpacked copy (bit 30 of ``q >> 1`` is the sign bit 31 of ``q``).
+        Every field but a lane's top one holds t + 1, so 3 is invalid; the top field holds t in two's
+        complement, so 0b10 (-2) is invalid. One pass over the packed words, no unpacked copy.
         """
         q = qw.tensors["qweight"]
-        if q.device.type != "meta" and bool(((q & (q >> 1)) & 0x55555555).any()):
+        if q.device.type == "meta":
+            return
+        lane = self.layout.lane_bits
+        low = 0x15151515 if lane == 8 else 0x15551555  # low bit of every field below the top one
+        top = 0x80808080 if lane == 8 else 0x80008000  # high bit of every top field
+        w = q.to(torch.int64) & 0xFFFFFFFF
+        if bool(((w & (w >> 1)) & low).any()):
             raise ValueError("ternary qweight holds code 3, which is not a ternary value "
-                             "(codes must be t + 1 in {0, 1, 2})")
+                             "(fields below a lane's top one hold t + 1 in {0, 1, 2})")
+        if bool(((w & ~(w << 1)) & top).any()):
+            raise ValueError("ternary qweight holds a top field of 0b10 (-2), which is not a ternary value "
+                             "(a lane's top field holds t in two's complement)")
 
 
 @spec_class(Scheme.BINARY)
 @dataclass(frozen=True)
 class BinarySpec(SpecBase):
-    """Options of binary (OneBit): W = S * outer(h, g), S a sign matrix."""
+    """Options of binary (OneBit): W = S * outer(h, g), S a sign matrix packed 16 rows per 16-bit lane."""
+
+    layout: ClassVar[LaneLayout] = LaneLayout(field_bits=1, lane_bits=16)
 
     @classmethod
     def build(cls, scheme):
         return cls()
 
     def tensor_rules(self):
-        return {"qweight": _CODES, "g": TensorRule(("K",), FLOAT_DTYPES), "h": TensorRule(("N",), FLOAT_DTYPES)}
+        return {"qweight": _LANES, "g": TensorRule(("K",), FLOAT_DTYPES), "h": TensorRule(("N",), FLOAT_DTYPES)}
+
+    def dims(self, n: int, k: int) -> dict[str, int]:
+        return {"NL": self.layout.lanes(n), "KQ": self.layout.words(k)}
 
 
 Spec = UniformSpec | NF4Spec | LUTSpec | TernarySpec | BinarySpec

@@ -24,11 +24,10 @@ float rounding of the partial sums (the price: fp32 activations instead of int8 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import torch
 
-from ..formats import ActivationQuant, QuantizedWeight, Scheme, TernarySpec
+from ..formats import ActivationQuant, QuantizedWeight, TernarySpec
 from ..nn.linear import Backend, QuantLinear
 from . import collectives
 from .sharding import ShardDim, check_shardable, shard, shard_range
@@ -174,10 +173,16 @@ class RowParallelQuantLinear(_ParallelMixin, QuantLinear):
         """This rank's term of BitNet's y = (x_q . T^T) * gamma / scale, with the scale of the whole row."""
         amax = collectives.all_reduce(x.detach().abs().amax(dim=-1).float(), "max", self.group)
         scale = torch.full_like(amax, 127.0) / amax.clamp(min=_A8_EPS)
-        xq = torch.round(x.float() * scale.unsqueeze(-1)).clamp(-128, 127)  # integers, exact in fp32
-        a16 = replace(self.spec, activation=ActivationQuant.NONE)
-        y = self._local_linear(xq, None, Scheme.TERNARY_A16, a16)  # (x_q . T^T) * gamma, fp32
-        return (y / scale.unsqueeze(-1)).to(x.dtype)
+        xq = torch.round(x.float() * scale.unsqueeze(-1)).clamp(-128, 127).to(torch.int8)
+        qw = QuantizedWeight.unchecked(self.scheme, self.spec, self.shape,
+                                       {name: getattr(self, name) for name in self.tensor_names})
+        xq2, scale2 = xq.reshape(-1, xq.shape[-1]), scale.reshape(-1)
+        if self.backend is Backend.REFERENCE:
+            from ..reference.ternary import linear_quantized
+        else:
+            from ..kernels.sign import linear_quantized
+        y = linear_quantized(xq2, scale2, qw, x.dtype)  # (x_q . T^T) * gamma / scale
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._parallel_repr()

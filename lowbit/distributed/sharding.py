@@ -14,7 +14,9 @@ A weight W [N, K] splits along one of its two dimensions:
   (the other factor whole), so the row-parallel partial sums add up to x B^T A^T.
 
 Packed words are never cut: the codes of the slice are unpacked with
-:func:`lowbit.reference.unpack_codes` and packed again with :func:`lowbit.reference.pack_codes`,
+:func:`lowbit.reference.unpack_codes` and packed again with :func:`lowbit.reference.pack_codes`
+(schemes with their own packing, the sign codes, through :func:`lowbit.reference.weight_codes` and
+:func:`lowbit.reference.pack_weight_codes`),
 so a shard is a whole-word packing of its own codes for any packing layout (3-bit included)
 and is exact by construction: ``dequantize(shard(qw, d, r, w))`` equals the matching slice of
 ``dequantize(qw)`` bit for bit (with a low-rank term, up to float64 rounding of the product A B). A column split copies whole word columns instead when a probe
@@ -29,7 +31,7 @@ import math
 import torch
 
 from ..formats import NF4Spec, QuantizedWeight, UniformSpec
-from ..reference import pack_codes, unpack_codes
+from ..reference import pack_codes, pack_weight_codes, unpack_codes, weight_codes
 
 _N_CHUNK = 4096  # output rows unpacked at a time by a column (K) split, to bound host memory
 _MAX_LISTED = 16  # world sizes named in an error message
@@ -206,6 +208,11 @@ def shard(qw: QuantizedWeight, dim: ShardDim | int, rank: int, world: int) -> Qu
         t = qw[name]
         if rule.shape == ("Kw", "N"):
             out[name] = _codes_rows(qw, a, b) if dim is ShardDim.OUTPUT else _codes_cols(qw, a, b)
+            continue
+        if name == "qweight":  # a scheme-specific packing (sign codes: lanes across rows)
+            codes = weight_codes(qw)
+            codes = codes[a:b] if dim is ShardDim.OUTPUT else codes[:, a:b]
+            out[name] = pack_weight_codes(qw.scheme, qw.spec, codes)
             continue
         index = []
         for axis in rule.shape:

@@ -24,7 +24,7 @@ import enum
 import torch
 
 from ..formats import QuantizedWeight, Scheme, TernarySpec
-from ..reference.packing import pack_codes
+from ..reference import pack_weight_codes
 from .common import Refused, tensor
 
 VALUES_PER_BYTE = 4
@@ -92,7 +92,8 @@ def from_bitnet(weight: torch.Tensor, weight_scale: torch.Tensor, *,
     if not gamma < 3.4e38:
         raise ValueError(f"1 / weight_scale = {gamma} does not fit in fp32")
     g = torch.tensor([gamma], dtype=torch.float64, device=weight.device).to(torch.float32)
-    return QuantizedWeight(Scheme.TERNARY, TernarySpec(), (n, k), {"qweight": pack_codes(t + 1, 2), "gamma": g})
+    return QuantizedWeight(Scheme.TERNARY, TernarySpec(), (n, k), {"qweight": pack_weight_codes(Scheme.TERNARY, TernarySpec(), t + 1),
+                                                                  "gamma": g})
 
 
 __all__ = ["from_bitnet", "unpack_bitnet", "BitNetLinear"]

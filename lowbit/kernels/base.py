@@ -40,7 +40,7 @@ def sm_count() -> int:
 
 # Triton pointer element names (AOT signatures) for the torch dtypes kernels see.
 TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
-                 torch.int8: "i8", torch.int64: "i64"}
+                 torch.int8: "i8", torch.int16: "i16", torch.int64: "i64"}
 
 
 def triton_dtype(dtype: torch.dtype) -> str:

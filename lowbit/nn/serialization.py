@@ -261,7 +261,35 @@ def read_file(path: str | os.PathLike) -> StoredModel:
     for fqn, rec in layers.items():
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record")
+    if version < FORMAT_VERSION:
+        _upgrade(path, layers, tensors, version)
     return StoredModel(path, layers, tensors, version)
+
+
+def _upgrade(path: str, layers: dict, tensors: dict, version: int) -> None:
+    """Convert the layers of an older file to this version's layouts, in place (the reference module of a
+    scheme whose packing changed provides ``convert_legacy(tensors, spec, shape)``)."""
+    from ..reference import MODULES
+
+    for fqn, rec in layers.items():
+        if "shared_with" in rec:
+            continue
+        try:
+            scheme = Scheme.parse(rec["scheme"])
+            spec = make_spec(scheme, **rec["options"])
+            shape = tuple(int(d) for d in rec["shape"])
+            names = list(rec["tensors"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record: {type(e).__name__}: {e}") from None
+        convert = getattr(MODULES[type(spec)], "convert_legacy", None)
+        if convert is None:
+            continue
+        mine = {n: tensors[f"{fqn}.{n}"] for n in names if f"{fqn}.{n}" in tensors}
+        try:
+            new = convert(mine, spec, shape)
+        except ValueError as e:
+            raise ValueError(f"{path}: layer {fqn!r} cannot be converted from format version {version}: {e}") from None
+        tensors.update({f"{fqn}.{n}": t for n, t in new.items()})
 
 
 def build_layer(stored: StoredModel, fqn: str, model: nn.Module, backend: Backend) -> QuantLinear:

@@ -1,5 +1,7 @@
 """What the sweep times: lowbit schemes, F.linear fp16/bf16 (cuBLAS), and peer libraries when importable.
 
+``int_mm`` is the int8 baseline for W1.58A8: torch._int_mm on the ternary weight stored as int8.
+
 A provider turns one float [N, K] weight into a :class:`Prepared`: a factory that makes copies of
 the device-side weight (for buffer rotation), a ``run(weight, x)`` callable, the bytes the weight
 occupies and, where one exists, an fp64 oracle for the output. Peers (gemlite, torchao,
@@ -231,8 +233,50 @@ class BitsandbytesPeer(PeerProvider):
                         bits_per_weight=4 + 32 / 64, note=f"bitsandbytes {self.version()}; nominal bytes")
 
 
+class TorchIntMMPeer(PeerProvider):
+    """The int8 baseline for W1.58A8: per-token int8 activations (the same quantizer as ``ternary``) times the
+    ternary weight stored as int8, through ``torch._int_mm`` (cuBLASLt int8 -> int32), rescaled like the oracle.
+
+    Timed as eager PyTorch: the quantization and rescale are separate launches around the GEMM. On
+    CUDA, ``torch._int_mm`` takes M > 16 only; smaller M raises here and the sweep records an error
+    row for it.
+    """
+
+    name, scheme, module = "int_mm", "ternary", "torch"
+
+    def unavailable(self, device):
+        if not hasattr(torch, "_int_mm"):
+            return f"torch {torch.__version__} has no torch._int_mm"
+        return super().unavailable(device)
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def prepare(self, w, act_dtype):
+        import lowbit
+
+        qw = lowbit.quantize_weight(w, "ternary")
+        t8 = lowbit.reference.ternary.ternary_values(qw).to(torch.int8).contiguous()  # [N, K]
+        gamma = qw["gamma"].to(w.device, torch.float32)
+        n, k = t8.shape
+
+        def run(wt, x):
+            if x.device.type == "cuda" and x.shape[0] <= 16:
+                raise ValueError(f"torch._int_mm on CUDA needs M > 16, got M={x.shape[0]}")
+            xf = x.float()
+            scale = 127.0 / xf.abs().amax(dim=-1).clamp(min=1e-5)
+            xq = torch.round(xf * scale.unsqueeze(-1)).clamp(-128, 127).to(torch.int8)
+            acc = torch._int_mm(xq, wt.t())  # [M, N] int32; the weight column-major, as cuBLASLt wants
+            return (acc.float() * gamma / scale.unsqueeze(-1)).to(x.dtype)
+
+        return Prepared(factory=lambda: t8.clone(), run=run, weight_bytes=n * k + 4, act_dtype=act_dtype,
+                        bits_per_weight=8.0 + 32 / (n * k),
+                        reference=lambda x: lowbit.reference.linear(x, qw, out_dtype=torch.float64),
+                        note=f"torch {torch.__version__} _int_mm; int8 weight; eager quantize + rescale")
+
+
 PEERS: dict[str, type[PeerProvider]] = {"gemlite": GemlitePeer, "torchao": TorchaoPeer,
-                                         "bitsandbytes": BitsandbytesPeer}
+                                         "bitsandbytes": BitsandbytesPeer, "int_mm": TorchIntMMPeer}
 
 
 def peer_providers(names) -> list[PeerProvider]:

@@ -33,7 +33,7 @@ QUICK_GPU = {"shapes": ((4096, 4096), (8192, 8192)), "ms": (1, 16, 128, 4096),
              "schemes": ("int4", "int2", "nf4", "ternary_a16")}
 # The CPU (Triton interpreter) sweep only proves the pipeline end to end: tiny and slow.
 CPU_DEFAULT = {"shapes": ((384, 384),), "ms": (1, 16), "schemes": ("int4", "lut4", "ternary")}
-PEER_NAMES = ("gemlite", "torchao", "bitsandbytes")
+PEER_NAMES = ("gemlite", "torchao", "bitsandbytes", "int_mm")
 BASELINE = "torch-fp16"
 GRAPH_SUFFIX = "+graph"
 

@@ -9,12 +9,12 @@ import torch
 
 from .._checks import check_linear_args, check_weight
 from ..formats import (ActivationQuant, BinarySpec, LUTSpec, NF4Spec, QuantizedWeight, Scheme, TernarySpec,
-                       UniformSpec, LOWRANK_TENSORS, check_rank, make_spec, spec_type)
+                       UniformSpec, LOWRANK_TENSORS, check_rank, code_bits, make_spec, spec_type)
 from . import binary, lowrank, lut, nf4, ternary, uniform
 from .packing import pack_codes, unpack_codes
 
-__all__ = ["quantize_weight", "with_lowrank", "dequantize", "linear", "pack_codes", "unpack_codes",
-           "binary", "lowrank", "lut", "nf4", "ternary", "uniform"]
+__all__ = ["quantize_weight", "with_lowrank", "dequantize", "linear", "pack_codes", "unpack_codes", "weight_codes",
+           "pack_weight_codes", "binary", "lowrank", "lut", "nf4", "ternary", "uniform"]
 
 # The reference module of each spec class: its quantize(w, spec, **quantizer options) and dequantize(qw, dtype).
 MODULES = {UniformSpec: uniform, NF4Spec: nf4, LUTSpec: lut, TernarySpec: ternary, BinarySpec: binary}
@@ -22,6 +22,27 @@ MODULES = {UniformSpec: uniform, NF4Spec: nf4, LUTSpec: lut, TernarySpec: ternar
 
 def _module(scheme: Scheme):
     return MODULES[spec_type(scheme)]
+
+
+def weight_codes(qw: QuantizedWeight) -> torch.Tensor:
+    """The integer codes [N, K] a weight's ``qweight`` stores, whatever its packing (int64).
+
+    Schemes whose reference module packs its own layout (``pack``/``unpack``: ternary t + 1, binary
+    sign bits) unpack through it; the others through :func:`unpack_codes`.
+    """
+    unpack = getattr(_module(qw.scheme), "unpack", None)
+    if unpack is not None:
+        return unpack(qw["qweight"], qw.spec, qw.shape)
+    return unpack_codes(qw["qweight"], qw.bits, qw.K)
+
+
+def pack_weight_codes(scheme: Scheme | str, spec, codes: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`weight_codes`: codes [N, K] -> the ``qweight`` of `scheme` with `spec`."""
+    scheme = Scheme.parse(scheme)
+    pack = getattr(_module(scheme), "pack", None)
+    if pack is not None:
+        return pack(codes, spec)
+    return pack_codes(codes, code_bits(scheme))
 
 
 def quantize_weight(w: torch.Tensor, scheme: Scheme | str, **options) -> QuantizedWeight:

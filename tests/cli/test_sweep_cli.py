@@ -16,6 +16,7 @@ import torch
 from lowbit.__main__ import main
 from lowbit.perf import COLUMNS, EXTRA_COLUMNS, add_speedup, rotation_count
 from lowbit.perf.roofline import achieved, bytes_moved, flops
+from lowbit.perf.providers import PEERS
 from lowbit.perf.runner import PEER_NAMES
 
 SHAPE = (200, 384)  # N not a power of two; K divisible by group_size 128
@@ -117,7 +118,7 @@ def test_absent_peers_get_a_note_row(sweep):
     for name in PEER_NAMES:
         rows = df[df["provider"] == name]
         assert len(rows) == 1, name
-        expected = "not installed" if importlib.util.find_spec(name) is None else "needs a CUDA GPU"
+        expected = "not installed" if importlib.util.find_spec(PEERS[name].module) is None else "needs a CUDA GPU"
         assert rows.iloc[0]["note"] == expected
         assert pd.isna(rows.iloc[0]["median_us"]) and pd.isna(rows.iloc[0]["M"])
 

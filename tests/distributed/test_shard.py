@@ -11,7 +11,7 @@ import lowbit
 from lowbit import Scheme
 from lowbit.distributed import ShardDim, check_shardable, shard, valid_world_sizes
 from lowbit.distributed import sharding as shard_mod
-from lowbit.reference import unpack_codes
+from lowbit.reference import weight_codes
 
 # (scheme, options, N, K): K = 240 is a multiple of 10 (3-bit words) only at some world sizes,
 # so 3-bit K splits cut through the middle of words and must re-pack.
@@ -52,7 +52,7 @@ def _worlds(qw, dim):
 def test_shard_dequantizes_to_the_slice(scheme, opts, n, k, dim):
     qw = _qw(scheme, opts, n, k)
     full = lowbit.dequantize(qw, torch.float64)
-    codes = unpack_codes(qw["qweight"], qw.bits, qw.K)
+    codes = weight_codes(qw)
     worlds = _worlds(qw, dim)
     assert 4 in worlds  # every case exercises a 4-way split
     for world in worlds:
@@ -63,7 +63,7 @@ def test_shard_dequantizes_to_the_slice(scheme, opts, n, k, dim):
             assert p.shape == tuple(full[sl].shape)
             assert p.scheme is qw.scheme and p.spec == qw.spec
             assert torch.equal(lowbit.dequantize(p, torch.float64), full[sl]), f"world {world} rank {r}"
-            assert torch.equal(unpack_codes(p["qweight"], p.bits, p.K), codes[sl])
+            assert torch.equal(weight_codes(p), codes[sl])
         if qw.spec.__class__.__name__ == "LUTSpec" and qw.spec.sparse:
             assert sum(p["col_idx"].numel() for p in parts) == qw["col_idx"].numel()
             assert torch.equal(torch.sort(torch.cat([p["values"] for p in parts]).float())[0],

@@ -77,9 +77,10 @@ GPU_TILES = {
     ("int3", KernelPath.GEMV): (4, 128, 32), ("int3", KernelPath.GEMM): (64, 128, 64),
     ("lut4", KernelPath.GEMV): (4, 32, 32), ("lut4", KernelPath.GEMM): (64, 128, 32),
     ("nf4", KernelPath.GEMV): (4, 32, 32), ("nf4", KernelPath.GEMM): (64, 128, 32),
-    ("ternary", KernelPath.GEMV): (4, 64, 64), ("ternary", KernelPath.GEMM): (64, 128, 128),
-    ("ternary_a16", KernelPath.GEMV): (4, 64, 64), ("ternary_a16", KernelPath.GEMM): (64, 128, 64),
-    ("binary", KernelPath.GEMV): (4, 64, 128), ("binary", KernelPath.GEMM): (64, 128, 64),
+    # sign family: block_n counts output rows, 16 lanes (GEMV) or 64 lanes (GEMM) of 4, 8 or 16 rows
+    ("ternary", KernelPath.GEMV): (4, 64, 1024), ("ternary", KernelPath.GEMM): (32, 256, 128),
+    ("ternary_a16", KernelPath.GEMV): (4, 128, 1024), ("ternary_a16", KernelPath.GEMM): (32, 512, 64),
+    ("binary", KernelPath.GEMV): (4, 256, 512), ("binary", KernelPath.GEMM): (16, 1024, 64),
 }
 
 

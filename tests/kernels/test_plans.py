@@ -77,7 +77,7 @@ def test_int4_decode_plan_known_bytes_and_loop():
     pytest.param("nf4", 1, ["mma gemv", "split-K sum"], id="nf4-decode"),
     pytest.param("sq4", 1, ["mma gemv", "finish + outliers"], id="sq4-decode"),
     pytest.param("sq4", 4096, ["decode weight", "scatter outliers", "dense gemm"], id="sq4-prefill"),
-    pytest.param("ternary", 1, ["quantize x", "gemv", "reduce"], id="ternary-decode"),
+    pytest.param("ternary", 1, ["quantize x", "gemv"], id="ternary-decode"),
     pytest.param("ternary", 4096, ["quantize x", "gemm"], id="ternary-prefill"),
     pytest.param("binary", 1, ["gemv", "reduce"], id="binary-decode"),
 ])
@@ -102,9 +102,13 @@ def test_lut_decode_bytes_skip_dummy_pointers():
     assert total.hbm_bytes == ws + N * 2  # partials in, fp16 output out
 
 
-def test_sign_gemv_inner_loop_trips():
-    _, ps = _plans("binary", 1)
-    assert ps[0].inner_trips == 32  # the runtime loop over the 32 codes of a word
+def test_sign_gemv_weights_per_trip():
+    """binary M=1: one trip of the GEMV loop consumes BLOCK_N rows x BLOCK_K inputs (no nested loop)."""
+    cfg, ps = _plans("binary", 1)
+    gemv = ps[0]
+    assert gemv.label == "gemv" and gemv.inner_trips is None
+    assert gemv.weights_per_iteration == cfg.block_n * cfg.block_k
+    assert gemv.ctas * gemv.loop_trips * gemv.weights_per_iteration >= N * K
 
 
 # -- gate cases are JIT specialisations of real calls --------------------------------------------------

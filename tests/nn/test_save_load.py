@@ -323,3 +323,42 @@ def test_missing_safetensors_hint(saved, monkeypatch, device):
     assert "\n" not in str(e.value)
     with pytest.raises(ImportError, match="pip install safetensors"):
         lowbit.load_quantized(tiny_llama(1, device), path)
+
+
+def _write_version_1(path, model):
+    """A version-1 file of `model` as the version-1 writer made it: ternary/binary codes packed along K with
+    pack_codes (16 or 32 per int32), sha256 over the bytes only."""
+    from safetensors.torch import save_file
+
+    from lowbit.reference import pack_codes, weight_codes
+
+    layers, stored = {}, {}
+    for fqn, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            layers[fqn] = {"scheme": m.scheme.value, "options": m.options(), "shape": list(m.shape),
+                           "bias": m.bias is not None, "tensors": list(m.tensor_names)}
+    for key, t in model.state_dict().items():
+        stored[key] = t.detach().cpu().contiguous()
+    for fqn, rec in layers.items():
+        m = model.get_submodule(fqn)
+        bits = {"ternary": 2, "binary": 1}[rec["scheme"]]
+        stored[f"{fqn}.qweight"] = pack_codes(weight_codes(m.quantized_weight()), bits)
+    meta = {"format": "lowbit.quantized", "format_version": "1", "layers": json.dumps(layers, sort_keys=True),
+            "tensors": json.dumps({k: {"sha256": S.tensor_sha256(t, version=1),
+                                       "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+                                   for k, t in stored.items()}, sort_keys=True),
+            "aliases": json.dumps({}), "lowbit_version": "0.1.0"}
+    meta["digest"] = S.metadata_digest(meta)
+    save_file(stored, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("scheme", ["ternary", "binary"])
+def test_version_1_sign_layouts_are_converted_on_load(scheme, tmp_path, device, ids):
+    """Version-1 ternary/binary files stored codes along K; loading converts them to today's lane layout."""
+    a = lowbit.quantize_(tiny_llama(0, device, tie=False), scheme, backend="reference")
+    path = tmp_path / "v1.safetensors"
+    _write_version_1(path, a)
+    b = lowbit.load_quantized(tiny_llama(1, device, tie=False), path, backend="reference")
+    for name in quant_names(a):
+        assert torch.equal(b.get_submodule(name).qweight, a.get_submodule(name).qweight), name
+    assert torch.equal(logits(b, ids), logits(a, ids))

@@ -71,9 +71,9 @@ def test_every_scheme_round_trips(scheme):
     qw = lowbit.quantize_weight(w, scheme, **_opts(scheme))
     w_hat = lowbit.dequantize(qw, torch.float64)
     assert w_hat.shape == w.shape and torch.isfinite(w_hat).all()
-    codes = ref.unpack_codes(qw["qweight"], qw.bits, 128)
+    codes = ref.weight_codes(qw)
     assert torch.equal(_reencode(qw, w_hat), codes)
-    assert torch.equal(ref.pack_codes(codes, qw.bits), qw["qweight"])
+    assert torch.equal(ref.pack_weight_codes(qw.scheme, qw.spec, codes), qw["qweight"])
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
