@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ...formats import FLOAT_DTYPES, values_per_word
+from ...formats import FLOAT_DTYPES
 from ..base import AotCase, KernelConfig, triton_dtype
 from . import configs as cfgs
 from .kernels import _lut_gemm_kernel, _lut_gemv_kernel, _lut_outlier_kernel
@@ -48,8 +48,8 @@ def _cases():
                 atomic = cfg.split_k > 1
                 sig = _dense_signature(x_dt, "fp32" if atomic else x_dt, nf4, gemv=True)
                 bk = max(cfg.block_k, cfgs.slots(bits))
-                consts = dict(BITS=bits, VPW=values_per_word(bits), SLOTS=cfgs.slots(bits), GROUP=group, HAS_SCALE=nf4,
-                              SCALE_ROW=cfgs.scale_row(group, bk // cfgs.slots(bits) * values_per_word(bits)),
+                consts = dict(BITS=bits, VPW=cfgs.unit_codes(bits), SLOTS=cfgs.slots(bits), GROUP=group, HAS_SCALE=nf4,
+                              SCALE_ROW=cfgs.scale_row(group, bk // cfgs.slots(bits) * cfgs.unit_codes(bits)),
                               HAS_BIAS=True, ATOMIC=atomic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk)
                 sig.update({c: "constexpr" for c in consts})
                 yield AotCase("lut", _lut_gemv_kernel, sig, consts, cfg, f"gemv {label} {x_dt} {cfg.label()}")
@@ -59,7 +59,7 @@ def _cases():
                 gemm_cfgs = []
             for cfg in gemm_cfgs:
                 sig = _dense_signature(x_dt, x_dt, nf4, gemv=False)
-                consts = dict(BITS=bits, VPW=values_per_word(bits), GROUP=group, HAS_SCALE=nf4,
+                consts = dict(BITS=bits, VPW=cfgs.unit_codes(bits), GROUP=group, HAS_SCALE=nf4,
                               SCALE_ROW=cfgs.scale_row(group, cfg.block_k), HAS_BIAS=True,
                               IEEE_DOT=dt is torch.float32, HAS_SPARSE=sq, SPARSE_CHUNK=cfgs.SPARSE_CHUNK,
                               BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m)

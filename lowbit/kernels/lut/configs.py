@@ -7,16 +7,26 @@ from __future__ import annotations
 import torch
 import triton
 
-from ...formats import NF4Spec, QuantizedWeight, packed_words, values_per_word
+from ...formats import NF4Spec, QuantizedWeight, code_block
 from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem
 
 SPARSE_CHUNK = 32  # outliers scattered into a GEMM tile per one-hot dot
 INTERP_SPARSE_CHUNK = 256  # under the CPU interpreter: each chunk is a step with fixed overhead
 
 
+def unit_codes(bits: int) -> int:
+    """Codes per GEMV "word": one int32 word for 4 bits (8), one 3-word block for 3 bits (32)."""
+    return code_block(bits)[0]
+
+
+def units(k: int, bits: int) -> int:
+    """GEMV "words" along K: int32 words for 4 bits, 32-code blocks for 3 bits."""
+    return -(-k // unit_codes(bits))
+
+
 def slots(bits: int) -> int:
-    """Lanes per packed word in the GEMV tile: codes per word rounded up to a power of two."""
-    return triton.next_power_of_2(values_per_word(bits))
+    """Lanes per GEMV "word" in the tile: codes per word rounded up to a power of two."""
+    return triton.next_power_of_2(unit_codes(bits))
 
 
 def scale_group(qw: QuantizedWeight) -> int:
@@ -46,7 +56,7 @@ def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfi
     bk = max(sl, 128 // bm)
     if group:
         bk = max(sl, min(bk, group))
-    steps = triton.cdiv(packed_words(k, bits), bk // sl)
+    steps = triton.cdiv(units(k, bits), bk // sl)
     blocks = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     split = 1
     while split < 16 and blocks * split < TARGET_PROGRAMS and steps >= 16 * split:

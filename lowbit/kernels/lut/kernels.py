@@ -2,8 +2,10 @@
 
 One pair of kernels serves lut3/lut4/sq3/sq4 (a per-row table, ``tab_stride_n = 2^b``, no
 scale) and nf4 (one shared 16-entry table, ``tab_stride_n = 0``, times the block absmax).
-Codes come in the shared packing (lowbit/reference/packing.py): int32 words ``[Kw, N]``, word
-``w`` of column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS`` (VPW = 10 for 3-bit, 8 for 4-bit).
+Codes come in the shared packing (lowbit/reference/packing.py): int32 words ``[Kw, N]``. 4-bit:
+word ``w`` of column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS`` (VPW = 8). 3-bit: blocks of
+32 codes in 3 words; the kernels treat a block as one "word" of VPW = 32 codes and read each
+code with :func:`_code3`.
 
 - :func:`_lut_gemv_kernel` (small M, memory-bound): a K tile is ``BLOCK_K`` *slots*, ``SLOTS``
   per word (VPW rounded up to a power of two), so each word is loaded once per column and
@@ -26,6 +28,24 @@ from ..jit import add_bias, grouped_tile, store_tile
 
 
 @triton.jit
+def _code3(qw_ptr, k, offs_n, mask, N):
+    """3-bit codes [len(k), BLOCK_N] of inputs k in the 32-codes-in-3-words layout (three word loads)."""
+    blk = k // 32
+    r = k % 32
+    f = r % 10
+    shift = tl.where(f < 5, 3 * f, 16 + 3 * (f - 5))
+    base = qw_ptr + (3 * blk)[:, None] * N + offs_n[None, :]
+    w0 = tl.load(base, mask=mask, other=0)
+    w1 = tl.load(base + N, mask=mask, other=0)
+    w2 = tl.load(base + 2 * N, mask=mask, other=0)
+    j = (r // 10)[:, None]
+    field = (tl.where(j == 0, w0, tl.where(j == 1, w1, w2)) >> shift[:, None]) & 7
+    top = tl.where(r == 30, 15, 31)[:, None]  # codes 30 and 31: bit j in the top bit of word j's half
+    spread = ((w0 >> top) & 1) | (((w1 >> top) & 1) << 1) | (((w2 >> top) & 1) << 2)
+    return tl.where((r < 30)[:, None], field, spread)
+
+
+@triton.jit
 def _decode_tile(qw_ptr, tab_ptr, scale_ptr, widx, shift, k, k0, kmask, offs_n, nmask, N,
                  tab_stride_n, BITS: tl.constexpr, GROUP: tl.constexpr, HAS_SCALE: tl.constexpr,
                  SCALE_ROW: tl.constexpr):
@@ -35,8 +55,11 @@ def _decode_tile(qw_ptr, tab_ptr, scale_ptr, widx, shift, k, k0, kmask, offs_n, 
     the scale is one [BLOCK_N] vector load instead of a gather per element.
     """
     mask = kmask[:, None] & nmask[None, :]
-    words = tl.load(qw_ptr + widx[:, None] * N + offs_n[None, :], mask=mask, other=0)
-    q = (words >> shift[:, None]) & ((1 << BITS) - 1)
+    if BITS == 3:
+        q = _code3(qw_ptr, k, offs_n, mask, N)
+    else:
+        words = tl.load(qw_ptr + widx[:, None] * N + offs_n[None, :], mask=mask, other=0)
+        q = (words >> shift[:, None]) & ((1 << BITS) - 1)
     val = tl.load(tab_ptr + offs_n[None, :] * tab_stride_n + q, mask=mask, other=0.0).to(tl.float32)
     if HAS_SCALE:
         if SCALE_ROW:  # always the case for GROUP == 0 (per channel: one group)

@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 import triton
 
-from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme, values_per_word
+from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme
 from ..base import KernelConfig, KernelFamily, KernelPath, on_interpreter, operands
 from . import configs as cfgs
 from .kernels import _lut_gemm_kernel, _lut_gemv_kernel, _lut_outlier_kernel
@@ -119,12 +119,13 @@ def _run(x2d, qweight, lut, absmax, row_ptr, col_idx, values, bias, bits: int, g
          path: KernelPath, cfg: KernelConfig, out: torch.Tensor) -> torch.Tensor:
     """Launch the dense kernel (and the outlier pass) for x2d [M, K] into out [M, N]."""
     m, k = x2d.shape
-    kw, n = qweight.shape
+    n = qweight.shape[1]
+    kw = cfgs.units(k, bits)  # GEMV "words": int32 words (4-bit) or 32-code blocks (3-bit)
     nf4 = absmax is not None
     table = nf4_table(x2d.device) if nf4 else lut
     scale = absmax if nf4 else qweight  # dummy pointer when HAS_SCALE is off
     tab_stride_n = 0 if nf4 else lut.shape[1]
-    vpw = values_per_word(bits)
+    vpw = cfgs.unit_codes(bits)
     has_outliers = col_idx is not None and col_idx.numel() > 0
     sparse = has_outliers and path is KernelPath.GEMV  # atomic pass after the GEMV; the GEMM fuses them
     split = 1
