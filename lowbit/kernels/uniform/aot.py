@@ -11,16 +11,16 @@ import dataclasses
 
 import torch
 
-from ...formats import UniformSpec, packed_words
+from ...formats import UniformSpec
 from ..base import AotCase, KernelConfig, KernelPath, LaunchPlan, dtype_tag, triton_dtype
 from . import configs as cfgs
 from .kernels import _uniform_gemm_kernel, _uniform_gemv_fma_kernel, _uniform_gemv_kernel, _uniform_reduce_kernel
 
 _PTRS = ("x_ptr", "qw_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "ws_ptr")
-_GEMV_INTS = ("M", "N", "K", "KW_TOTAL", "group_size", "stride_xm", "stride_om", "steps_per_split", "split_k")
-_INTS = ("M", "N", "K", "group_size", "stride_xm", "stride_om", "tiles_per_split", "split_k")
+_GEMV_INTS = ("M", "N", "K", "stride_xm", "stride_om", "steps_per_split", "split_k")
+_INTS = ("M", "N", "K", "stride_xm", "stride_om", "tiles_per_split", "split_k")
 # what a JIT launch on LLM shapes specialises as multiples of 16 (aligned pointers, N, K, strides, group)
-DIVISIBLE_BY_16 = _PTRS + ("N", "K", "KW_TOTAL", "group_size", "stride_xm", "stride_om")
+DIVISIBLE_BY_16 = _PTRS + ("N", "K", "stride_xm", "stride_om")
 
 
 def kernel_for(path: KernelPath, bits: int, dtype: torch.dtype):
@@ -31,7 +31,7 @@ def kernel_for(path: KernelPath, bits: int, dtype: torch.dtype):
 
 
 def make_case(path: KernelPath, cfg: KernelConfig, dtype: torch.dtype, spec: UniformSpec,
-              use_asm: bool = True, bias: bool = True, even_k: bool = True, even_n: bool = True) -> AotCase:
+              use_asm: bool = True, bias: bool = True, even: bool = True, even_n: bool = True) -> AotCase:
     """One compile specialisation: kernel, Triton signature and constexprs for (path, config, dtype, spec),
     as the launch wrapper passes them (GPU build: inline PTX on)."""
     kernel = kernel_for(path, spec.bits, dtype)
@@ -40,10 +40,12 @@ def make_case(path: KernelPath, cfg: KernelConfig, dtype: torch.dtype, spec: Uni
            "ws_ptr": "*fp32"}
     ints = _GEMV_INTS if kernel is _uniform_gemv_kernel else _INTS
     sig.update({a: "i32" for a in ints})
-    const = dict(BITS=spec.bits, HAS_ZEROS=not spec.symmetric, SYM_ZERO=spec.symmetric_zero, HAS_BIAS=bias,
+    tiles_per_group = cfgs.per_group(spec, cfg)
+    const = dict(BITS=spec.bits, VGG=tiles_per_group, TPG=tiles_per_group, HAS_ZEROS=not spec.symmetric,
+                 SYM_ZERO=spec.symmetric_zero, HAS_BIAS=bias,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
     if kernel is _uniform_gemv_kernel:
-        const.update(BF16=dtype == torch.bfloat16, NW=cfg.num_warps, EVEN_K=even_k, EVEN_N=even_n, USE_ASM=use_asm)
+        const.update(BF16=dtype == torch.bfloat16, NW=cfg.num_warps, EVEN=even, EVEN_N=even_n, USE_ASM=use_asm)
     elif kernel is _uniform_gemm_kernel:
         const.update(PAIRS=cfgs.pair_fields_fit(spec.bits, dtype), IEEE=dtype == torch.float32, GROUP_M=cfg.group_m)
     const = {name: const[name] for name in kernel.arg_names if name in const}
@@ -167,21 +169,18 @@ def launch_plans(qw, m: int, path: KernelPath, dtype: torch.dtype, config: Kerne
     spec: UniformSpec = qw.spec
     n, k = qw.N, qw.K
     per_split, split = cfgs.split_plan(path, n, k, spec.bits, config, m, dtype)
-    group = k if spec.group_size == -1 else spec.group_size
     even = path is not KernelPath.GEMV or not cfgs.mma_gemv(spec.bits, dtype) or (
-        k % cfgs.gemv_geometry(spec.bits, config).superstep_codes == 0)
-    case = make_case(path, config, dtype, spec, bias=False, even_k=even, even_n=n % config.block_n == 0)
+        cfgs.gemv_geometry(spec.bits, config).even(k, per_split))
+    case = make_case(path, config, dtype, spec, bias=False, even=even, even_n=n % config.block_n == 0)
     xb = torch.empty((), dtype=dtype).element_size()
     if case.kernel is _uniform_gemv_kernel:
-        ints = dict(M=m, N=n, K=k, KW_TOTAL=packed_words(k, spec.bits), group_size=group, stride_xm=k, stride_om=n,
-                    steps_per_split=per_split, split_k=split)
+        ints = dict(M=m, N=n, K=k, stride_xm=k, stride_om=n, steps_per_split=per_split, split_k=split)
         geo = cfgs.gemv_geometry(spec.bits, config)
         trips = -(-per_split // config.num_warps)  # super-steps per warp
         per_trip = config.block_n * geo.superstep_codes * config.num_warps
         inner = geo.inner_trips
     else:
-        ints = dict(M=m, N=n, K=k, group_size=group, stride_xm=k, stride_om=n, tiles_per_split=per_split,
-                    split_k=split)
+        ints = dict(M=m, N=n, K=k, stride_xm=k, stride_om=n, tiles_per_split=per_split, split_k=split)
         trips = per_split
         per_trip = config.block_n * config.block_k
         inner = None

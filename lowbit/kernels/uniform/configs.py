@@ -25,7 +25,7 @@ GEMV_BLOCK_N = (32, 64, 128)
 GEMV_BLOCK_K = (32, 64, 128, 256)
 GEMV_WARPS = (2, 4, 8)
 GEMV_SPLIT_K = (1, 2, 4, 8, 16)
-GEMV_REGS_WORDS = 24  # words in flight per thread per iteration (streams x words per block x rows / 2)
+GEMV_REGS_WORDS = 32  # words in flight per thread per iteration / 2 (streams x words per block x row blocks)
 
 # CUDA-core GEMV tiles (BLOCK_M, BLOCK_N, BLOCK_K), 4 warps, fp32 math.
 FMA_TILES = ((1, 128, 32), (1, 128, 64), (2, 128, 32), (4, 128, 32), (8, 128, 32))
@@ -45,9 +45,20 @@ GROUP_M = 8
 
 
 def block_of(bits: int) -> tuple[int, int, int]:
-    """(codes, words, pairs) of the block the kernels walk: the packing block, two words for int8."""
+    """(codes, words, pairs) of the block the GEMM walks: the packing block, two words for int8."""
     codes, words = code_block(bits)
     if bits == 8:
+        codes, words = 8, 2
+    return codes, words, codes // 2
+
+
+def gemv_block(bits: int) -> tuple[int, int, int]:
+    """(codes, words, pairs) of the block one GEMV stream takes per iteration: 16 or 32 codes (8 or 16
+    MMA steps), so the loop's fixed costs spread over as many weights as registers allow."""
+    codes, words = code_block(bits)
+    if bits == 4:
+        codes, words = 16, 2
+    elif bits == 8:
         codes, words = 8, 2
     return codes, words, codes // 2
 
@@ -88,7 +99,7 @@ class GemvGeometry:
 
     @property
     def block(self) -> tuple[int, int, int]:
-        return block_of(self.bits)
+        return gemv_block(self.bits)
 
     @property
     def codes_per_iteration(self) -> int:  # per slot per inner iteration
@@ -111,6 +122,11 @@ class GemvGeometry:
     def supersteps(self, k: int) -> int:
         return -(-k // self.superstep_codes)
 
+    def even(self, k: int, per_split: int) -> bool:
+        """Whether every split holds whole super-steps inside K, a multiple of the warps (the kernel's EVEN)."""
+        steps = self.supersteps(k)
+        return k % self.superstep_codes == 0 and per_split % self.warps == 0 and steps % per_split == 0
+
     def problem(self) -> str | None:
         if self.block_m not in GEMV_BLOCK_M:
             return f"block_m={self.block_m} is not one of {GEMV_BLOCK_M} (the MMA has 8 columns)"
@@ -125,6 +141,11 @@ class GemvGeometry:
         if words > GEMV_REGS_WORDS:
             return f"{words} words in flight per thread (more than {GEMV_REGS_WORDS}: registers would spill)"
         return None
+
+
+def per_group(spec: UniformSpec, cfg: KernelConfig) -> int:
+    """K tiles (virtual groups for the tensor-core GEMV) of cfg.block_k codes per group; 0 per channel."""
+    return 0 if spec.group_size == -1 else spec.group_size // cfg.block_k
 
 
 def gemv_geometry(bits: int, cfg: KernelConfig) -> GemvGeometry:
@@ -236,7 +257,8 @@ def split_plan(path: KernelPath, n: int, k: int, bits: int, cfg: KernelConfig, m
 
 
 def _pick_split(programs: int, steps: int, options, sms: int, min_steps: int = 2) -> int:
-    """Smallest split from `options` that gives about one wave of programs, keeping >= min_steps each."""
+    """Smallest split from `options` that gives at least `sms` programs, keeping >= min_steps each
+    (split-K costs a second launch, so a grid that already fills `sms` is not split)."""
     best = 1
     for sk in sorted(options):
         if sk > 1 and steps // sk < min_steps:
@@ -271,7 +293,7 @@ def gemv_heuristic(m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) ->
 def _with_split(cfg: KernelConfig, m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) -> KernelConfig:
     programs = -(-qw.N // cfg.block_n) * -(-m // cfg.block_m)
     steps = num_k_steps(KernelPath.GEMV, qw.K, qw.bits, cfg, dtype)
-    split = _pick_split(programs, steps, GEMV_SPLIT_K, sms, min_steps=cfg.num_warps)
+    split = _pick_split(programs, steps, GEMV_SPLIT_K, sms // 2, min_steps=cfg.num_warps)
     return dataclasses.replace(cfg, split_k=split)
 
 

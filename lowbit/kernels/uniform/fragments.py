@@ -89,6 +89,15 @@ def pair_base(j, bits, bf16):
 
 
 @triton.constexpr_function
+def step_pair(j, bits, bf16, steps):
+    """The pair an MMA step j (of `steps`) decodes: pairs sorted by magic base, so consecutive steps
+    reuse the constant A operand of the sums MMA (ones; the bases) without rebuilding it."""
+    j, bits, bf16, steps = int(_value(j)), int(_value(bits)), bool(_value(bf16)), int(_value(steps))
+    order = sorted(range(steps), key=lambda p: (_field(p, bits, bf16)[2], p))
+    return order[j]
+
+
+@triton.constexpr_function
 def pair_lo(j, bits):
     """Offset of pair j's low-half code from its block's first code."""
     j, bits = int(_value(j)), int(_value(bits))
@@ -115,9 +124,9 @@ def runtime_zero():
 
 
 @triton.jit
-def decode_pair(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, zero):
+def decode_pair(w0, w1, w2, w3, J: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, zero):
     """Pair J of a block as packed (base + lo, base + hi) fp16/bf16 bits in one int32 (see the module
-    docstring). w0..w2: the block's words (w1, w2 unused below 3 bits; int8 blocks use w0, w1).
+    docstring). w0..w3: the block's words (1-4 of them, see block_words; the rest are ignored).
 
     `zero` (:func:`runtime_zero`) keeps the magic word in a register: a 3-input logic op takes one
     immediate (the mask), and with both constant the compiler rematerialises one before every op.
@@ -132,8 +141,10 @@ def decode_pair(w0, w1, w2, J: tl.constexpr, BITS: tl.constexpr, BF16: tl.conste
         w = w0
     elif WI == 1:
         w = w1
-    else:
+    elif WI == 2:
         w = w2
+    else:
+        w = w3
     if SH != 0:
         w = w >> SH
     return (w & pair_mask(J, BITS, BF16)) | MAGIC

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from ..jit import add_bias, grouped_tile, store_tile, sum_splits
-from .fragments import decode_pair, mma16816, pair_base, pair_hi, pair_lo, pick, rows_of, runtime_zero
+from .fragments import decode_pair, mma16816, pair_base, pair_hi, pair_lo, pick, rows_of, runtime_zero, step_pair
 
 
 # -- shared helpers ----------------------------------------------------------------------------------
@@ -52,12 +52,16 @@ def unpack_tile(qw_ptr, k, offs_n, mask, N, BITS: tl.constexpr):
 
 
 @triton.jit
-def _group_meta(s_ptr, z_ptr, g, K, group_size, N, offs_n, n_mask, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr):
-    """Scale and zero of group g for the columns offs_n, fp32 [BLOCK_N] (0 past the last group)."""
-    ok = n_mask & ((offs_n * 0 + g) * group_size < K)
-    s = tl.load(s_ptr + g * N + offs_n, mask=ok, other=0.0).to(tl.float32)
+def _group_meta(s_ptr, z_ptr, t, TPG: tl.constexpr, N, offs_n, n_mask, HAS_ZEROS: tl.constexpr,
+                SYM_ZERO: tl.constexpr):
+    """Scale and zero, fp32 [BLOCK_N], of the group of K tile t (TPG tiles per group; 0: per channel)."""
+    if TPG == 0:
+        g = t * 0
+    else:
+        g = t // TPG
+    s = tl.load(s_ptr + g.to(tl.int64) * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     if HAS_ZEROS:
-        z = tl.load(z_ptr + g * N + offs_n, mask=ok, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + g.to(tl.int64) * N + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     else:
         z = tl.zeros_like(s) + SYM_ZERO
     return s, z
@@ -77,32 +81,87 @@ def _store_result(acc, offs_m, offs_n, M, N, b_ptr, out_ptr, ws_ptr, pid_s, stri
 
 # -- small M on tensor cores ---------------------------------------------------------------------------
 @triton.jit
-def _ld(p, n_ok, k_ok, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr):
+def _ld(p, n_ok, k_ok, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
     """Weight words at p, masked by the row and K bounds that are not known to hold."""
     if EVEN_N:
-        if EVEN_K:
+        if EVEN:
             return tl.load(p)
         return tl.load(p, mask=k_ok)
-    if EVEN_K:
+    if EVEN:
         return tl.load(p, mask=n_ok)
     return tl.load(p, mask=n_ok & k_ok)
 
 
 @triton.jit
-def _ldx(p, ok, k, K, EVEN: tl.constexpr):
-    """Activations at p, zero where ok fails or (unless EVEN) k >= K."""
+def _ldx(p, match, ok, k, K, EVEN: tl.constexpr, ALL_MATCH: tl.constexpr):
+    """The B operand's activations at p: zero for lanes whose column is another slot (match false),
+    and, unless EVEN (every super-step full and inside K), where ok fails or k >= K."""
     if EVEN:
-        return tl.load(p, mask=ok, other=0.0)
-    return tl.load(p, mask=ok & (k < K), other=0.0)
+        if ALL_MATCH:
+            return tl.load(p)
+        return tl.load(p, mask=match, other=0.0)
+    return tl.load(p, mask=match & ok & (k < K), other=0.0)
+
+
+@triton.jit
+def _words(p, N, n_ok, k_ok, WB: tl.constexpr, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
+    """The WB words of a block at p, p + N, ... (unused ones repeat the first)."""
+    w0 = _ld(p, n_ok, k_ok, EVEN_N, EVEN)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if WB >= 2:
+        w1 = _ld(p + N, n_ok, k_ok, EVEN_N, EVEN)
+    if WB >= 3:
+        w2 = _ld(p + 2 * N, n_ok, k_ok, EVEN_N, EVEN)
+    if WB >= 4:
+        w3 = _ld(p + 3 * N, n_ok, k_ok, EVEN_N, EVEN)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _acts(p, match, ok, k, K, XC: tl.constexpr, EVEN: tl.constexpr, ALL_MATCH: tl.constexpr):
+    """A block's activations as XC chunks of 8 (unused ones repeat the first)."""
+    x0 = _ldx(p, match, ok, k, K, EVEN, ALL_MATCH)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    if XC >= 2:
+        x1 = _ldx(p + 8, match, ok, k + 8, K, EVEN, ALL_MATCH)
+    if XC >= 4:
+        x2 = _ldx(p + 16, match, ok, k + 16, K, EVEN, ALL_MATCH)
+        x3 = _ldx(p + 24, match, ok, k + 24, K, EVEN, ALL_MATCH)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _gemv_step(wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3,
+               d0, d1, d2, d3, e0, e1, e2, e3, one2, z0, I: tl.constexpr, SPI: tl.constexpr, HALF: tl.constexpr,
+               R: tl.constexpr, NW: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, USE_ASM: tl.constexpr):
+    """MMA step I of an iteration: decode pair J of side 0's block (J + HALF of side 1's), multiply by
+    the activation pairs, and accumulate the sums of x and base * x of the same columns (e*)."""
+    J: tl.constexpr = step_pair(I, BITS, BF16, SPI)
+    J1: tl.constexpr = J + HALF
+    a0, a1 = rows_of(decode_pair(wa0, wa1, wa2, wa3, J, BITS, BF16, z0), R)
+    a2, a3 = rows_of(decode_pair(wb0, wb1, wb2, wb3, J1, BITS, BF16, z0), R)
+    b00 = pick(xa0, xa1, xa2, xa3, pair_lo(J, BITS))[None]
+    b01 = pick(xa0, xa1, xa2, xa3, pair_hi(J, BITS))[None]
+    b10 = pick(xb0, xb1, xb2, xb3, pair_lo(J1, BITS))[None]
+    b11 = pick(xb0, xb1, xb2, xb3, pair_hi(J1, BITS))[None]
+    d0, d1, d2, d3 = mma16816(a0, a1, a2, a3, b00, b01, b10, b11, d0, d1, d2, d3, BF16, USE_ASM)
+    base0 = tl.full([1, NW, 8, 4], pair_base(J, BITS, BF16), tl.int32) + z0
+    base1 = tl.full([1, NW, 8, 4], pair_base(J1, BITS, BF16), tl.int32) + z0
+    e0, e1, e2, e3 = mma16816(one2, base0, one2, base1, b00, b01, b10, b11, e0, e1, e2, e3, BF16, USE_ASM)
+    return d0, d1, d2, d3, e0, e1, e2, e3
 
 
 @triton.jit
 def _uniform_gemv_kernel(
         x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr,
-        M, N, K, KW_TOTAL, group_size, stride_xm, stride_om, steps_per_split, split_k,
-        BITS: tl.constexpr, BF16: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+        M, N, K, stride_xm, stride_om, steps_per_split, split_k,
+        BITS: tl.constexpr, VGG: tl.constexpr, BF16: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
         HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        NW: tl.constexpr, EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, USE_ASM: tl.constexpr):
+        NW: tl.constexpr, EVEN: tl.constexpr, EVEN_N: tl.constexpr, USE_ASM: tl.constexpr):
     """Small-M y = x W^T: grid (M-blocks x N-blocks, split_k); see the module docstring.
 
     Thread (warp w, lane 4g + c) owns weight rows n0 + 2R*g + [0, 2R) (R = BLOCK_N / 16 MMA row
@@ -111,9 +170,11 @@ def _uniform_gemv_kernel(
     (BLOCK_M = 1) the two sides are separate streams (slots c and c + 4); otherwise both sides
     take the two halves of one block of slot c % GP, lanes c // GP splitting the slot's blocks.
     Warp w runs super-steps (GP virtual groups of BLOCK_K codes) w, w + NW, ... of its split.
-    A warp past its split's last super-step re-reads that one (its activations are zero). With
-    EVEN_K (K a multiple of the super-step) and EVEN_N (N a multiple of BLOCK_N) the weight reads
-    need no mask at all.
+
+    EVEN: every split holds a multiple of NW super-steps and K is a multiple of the super-step, so
+    no read needs a K bound and pointers just advance. Otherwise a warp past its split re-reads its
+    last super-step with zero activations (and zero scales). EVEN_N (N a multiple of BLOCK_N): no
+    row bound on the weight reads either.
     """
     R: tl.constexpr = BLOCK_N // 16
     R2: tl.constexpr = R // 2
@@ -125,6 +186,9 @@ def _uniform_gemv_kernel(
     elif BITS == 8:
         BLK: tl.constexpr = 8
         WB: tl.constexpr = 2
+    elif BITS == 4:
+        BLK: tl.constexpr = 16
+        WB: tl.constexpr = 2
     else:
         BLK: tl.constexpr = 32 // BITS
         WB: tl.constexpr = 1
@@ -135,6 +199,11 @@ def _uniform_gemv_kernel(
     XC: tl.constexpr = BLK // 8  # 8-value activation chunks per block
     SSK: tl.constexpr = BLOCK_K * GP  # codes per super-step
     HALF: tl.constexpr = 0 if NS == 2 else P // 2
+    ROW_STEP: tl.constexpr = WB * LPS  # word rows a stream advances per iteration
+    # with EVEN, the scale rows advance by GSTEP groups per super-step hop when that is a whole number
+    GSTEP: tl.constexpr = (NW * GP) // VGG if VGG > 0 else 0
+    INC: tl.constexpr = EVEN and (VGG == 0 or (NW * GP) % VGG == 0)
+    ALL: tl.constexpr = GP == 1  # every lane's B column takes every pair
 
     pid = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -156,8 +225,7 @@ def _uniform_gemv_kernel(
     xg = tl.arange(0, 8)[None, :, None, None]
     xc = tl.arange(0, 4)[None, None, :, None]
     xe = tl.arange(0, 8)[None, None, None, :]
-    x_row = m0 + xg // GP
-    x_rows = x_ptr + tl.minimum(x_row, M - 1).to(tl.int64) * stride_xm
+    x_rows = x_ptr + tl.minimum(m0 + xg // GP, M - 1).to(tl.int64) * stride_xm  # rows past M: dropped
     if NS == 2:
         slot_q0 = qc
         slot_q1 = qc + 4
@@ -172,8 +240,8 @@ def _uniform_gemv_kernel(
         slot_x1 = slot_x0
         lane_q = qc // GP
         lane_x = xc // GP
-    x_ok0 = (x_row < M) & (xg % GP == slot_x0)
-    x_ok1 = (x_row < M) & (xg % GP == slot_x1)
+    x_ok0 = xg % GP == slot_x0
+    x_ok1 = xg % GP == slot_x1
 
     z0 = runtime_zero()
     zero = tl.zeros([R, NW, 8, 4], dtype=tl.float32)
@@ -183,119 +251,52 @@ def _uniform_gemv_kernel(
     y1 = zero
     y2 = zero
     y3 = zero
-    d0 = zero
-    d1 = zero
-    d2 = zero
-    d3 = zero
-    e0 = zx
-    e1 = zx
-    e2 = zx
-    e3 = zx
-    # per inner iteration a stream advances LPS blocks: WB * LPS word rows, BLK * LPS codes
-    ROW_STEP: tl.constexpr = WB * LPS
+    # first blocks of the streams at this warp's first super-step
+    ss_q = ss_begin + qw_
+    ss_x = ss_begin + xw
+    if not EVEN:
+        ss_q = tl.minimum(ss_q, ss_end - 1)
+        ss_x = tl.minimum(ss_x, ss_end - 1)
+    kb_q0 = (ss_q * GP + slot_q0) * BLOCK_K + lane_q * BLK
+    kb_x0 = (ss_x * GP + slot_x0) * BLOCK_K + lane_x * BLK + xe
+    pb_q0 = qw_ptr + (kb_q0 // BLK * WB).to(tl.int64) * N + n_q
+    kb_q1 = (ss_q * GP + slot_q1) * BLOCK_K
+    kb_x1 = (ss_x * GP + slot_x1) * BLOCK_K + xe
+    pb_q1 = qw_ptr + (kb_q1 // BLK * WB).to(tl.int64) * N + n_q
+    # scale/zero rows of the two columns (2c, 2c + 1) at this warp's first super-step
+    s_base = s_ptr + n_q
+    z_base = z_ptr + n_q
+    vg0 = (ss_begin + qw_) * GP + (2 * qc) % GP
+    vg1 = (ss_begin + qw_) * GP + (2 * qc + 1) % GP
+    if VGG == 0:
+        g0 = vg0 * 0
+        g1 = vg1 * 0
+    else:
+        g0 = vg0 // VGG
+        g1 = vg1 // VGG
+    ps0 = s_base + g0.to(tl.int64) * N
+    ps1 = s_base + g1.to(tl.int64) * N
+    pz0 = z_base + g0.to(tl.int64) * N
+    pz1 = z_base + g1.to(tl.int64) * N
     for o in range(ss_begin, ss_end, NW):
-        ss_q = o + qw_
-        ss_x = o + xw
-        ok_x = ss_x < ss_end
-        ss_rd = tl.minimum(ss_q, ss_end - 1)
-        # first block (codes) of each stream in this super-step, and pointers to it
-        k_q0 = (ss_rd * GP + slot_q0) * BLOCK_K + lane_q * BLK
-        k_x0 = (ss_x * GP + slot_x0) * BLOCK_K + lane_x * BLK + xe
-        p_q0 = qw_ptr + (k_q0 // BLK * WB).to(tl.int64) * N + n_q
-        p_x0 = x_rows + k_x0
-        if NS == 2:
-            k_q1 = (ss_rd * GP + slot_q1) * BLOCK_K
-            k_x1 = (ss_x * GP + slot_x1) * BLOCK_K + xe
-            p_q1 = qw_ptr + (k_q1 // BLK * WB).to(tl.int64) * N + n_q
-            p_x1 = x_rows + k_x1
-        for t in range(0, INNER):
-            wa0 = _ld(p_q0, nq_ok, k_q0 < K, EVEN_N, EVEN_K)
-            wa1 = wa0
-            wa2 = wa0
-            if WB >= 2:
-                wa1 = _ld(p_q0 + N, nq_ok, k_q0 < K, EVEN_N, EVEN_K)
-            if WB == 3:
-                wa2 = _ld(p_q0 + 2 * N, nq_ok, k_q0 < K, EVEN_N, EVEN_K)
-            xm0 = x_ok0 & ok_x
-            xa0 = _ldx(p_x0, xm0, k_x0, K, EVEN_K)
-            xa1 = xa0
-            xa2 = xa0
-            xa3 = xa0
-            if XC >= 2:
-                xa1 = _ldx(p_x0 + 8, xm0, k_x0 + 8, K, EVEN_K)
-            if XC >= 4:
-                xa2 = _ldx(p_x0 + 16, xm0, k_x0 + 16, K, EVEN_K)
-                xa3 = _ldx(p_x0 + 24, xm0, k_x0 + 24, K, EVEN_K)
-            p_q0 += ROW_STEP * N
-            p_x0 += BLK * LPS
-            k_q0 += BLK * LPS
-            k_x0 += BLK * LPS
-            if NS == 2:
-                wb0 = _ld(p_q1, nq_ok, k_q1 < K, EVEN_N, EVEN_K)
-                wb1 = wb0
-                wb2 = wb0
-                if WB >= 2:
-                    wb1 = _ld(p_q1 + N, nq_ok, k_q1 < K, EVEN_N, EVEN_K)
-                if WB == 3:
-                    wb2 = _ld(p_q1 + 2 * N, nq_ok, k_q1 < K, EVEN_N, EVEN_K)
-                xm1 = x_ok1 & ok_x
-                xb0 = _ldx(p_x1, xm1, k_x1, K, EVEN_K)
-                xb1 = xb0
-                xb2 = xb0
-                xb3 = xb0
-                if XC >= 2:
-                    xb1 = _ldx(p_x1 + 8, xm1, k_x1 + 8, K, EVEN_K)
-                if XC >= 4:
-                    xb2 = _ldx(p_x1 + 16, xm1, k_x1 + 16, K, EVEN_K)
-                    xb3 = _ldx(p_x1 + 24, xm1, k_x1 + 24, K, EVEN_K)
-                p_q1 += ROW_STEP * N
-                p_x1 += BLK
-                k_q1 += BLK
-                k_x1 += BLK
-            else:
-                wb0 = wa0
-                wb1 = wa1
-                wb2 = wa2
-                xb0 = xa0
-                xb1 = xa1
-                xb2 = xa2
-                xb3 = xa3
-            for j in tl.static_range(SPI):
-                # side 0 takes pair j; side 1 pair j of its own block, or (one stream) pair j + P/2
-                v0 = decode_pair(wa0, wa1, wa2, j, BITS, BF16, z0)
-                v1 = decode_pair(wb0, wb1, wb2, j + HALF, BITS, BF16, z0)
-                a0, a1 = rows_of(v0, R)
-                a2, a3 = rows_of(v1, R)
-                b00 = pick(xa0, xa1, xa2, xa3, pair_lo(j, BITS))[None]
-                b01 = pick(xa0, xa1, xa2, xa3, pair_hi(j, BITS))[None]
-                b10 = pick(xb0, xb1, xb2, xb3, pair_lo(j + HALF, BITS))[None]
-                b11 = pick(xb0, xb1, xb2, xb3, pair_hi(j + HALF, BITS))[None]
-                d0, d1, d2, d3 = mma16816(a0, a1, a2, a3, b00, b01, b10, b11, d0, d1, d2, d3, BF16, USE_ASM)
-                base0 = tl.full([1, NW, 8, 4], pair_base(j, BITS, BF16), tl.int32) + z0
-                base1 = tl.full([1, NW, 8, 4], pair_base(j + HALF, BITS, BF16), tl.int32) + z0
-                e0, e1, e2, e3 = mma16816(one2, base0, one2, base1, b00, b01, b10, b11, e0, e1, e2, e3, BF16, USE_ASM)
-        # epilogue of the super-step: column 2c + e is slot (2c + e) % GP
-        for e in tl.static_range(2):
-            slot_e = (2 * qc + e) % GP
-            k_vg = (ss_q * GP + slot_e) * BLOCK_K
-            g_e = k_vg // group_size
-            ok_e = nq_ok & (ss_q < ss_end) & (k_vg < K)
-            s_h0, s_h1 = rows_of(tl.load(s_ptr + g_e.to(tl.int64) * N + n_q, mask=ok_e, other=0.0).to(tl.float32), R)
-            if HAS_ZEROS:
-                z_h0, z_h1 = rows_of(tl.load(z_ptr + g_e.to(tl.int64) * N + n_q, mask=ok_e, other=0.0).to(tl.float32), R)
-            else:
-                z_h0 = SYM_ZERO
-                z_h1 = SYM_ZERO
-            if e == 0:
-                sx = e0
-                cx = e2
-                y0 += s_h0 * (d0 - cx - z_h0 * sx)
-                y2 += s_h1 * (d2 - cx - z_h1 * sx)
-            else:
-                sx = e1
-                cx = e3
-                y1 += s_h0 * (d1 - cx - z_h0 * sx)
-                y3 += s_h1 * (d3 - cx - z_h1 * sx)
+        ok_x = o + xw < ss_end
+        if not EVEN:  # re-derive the (clamped) starts: warps past the split re-read its last super-step
+            ss_q = tl.minimum(o + qw_, ss_end - 1)
+            ss_x = tl.minimum(o + xw, ss_end - 1)
+            kb_q0 = (ss_q * GP + slot_q0) * BLOCK_K + lane_q * BLK
+            kb_x0 = (ss_x * GP + slot_x0) * BLOCK_K + lane_x * BLK + xe
+            pb_q0 = qw_ptr + (kb_q0 // BLK * WB).to(tl.int64) * N + n_q
+            kb_q1 = (ss_q * GP + slot_q1) * BLOCK_K
+            kb_x1 = (ss_x * GP + slot_x1) * BLOCK_K + xe
+            pb_q1 = qw_ptr + (kb_q1 // BLK * WB).to(tl.int64) * N + n_q
+        p_q0 = pb_q0
+        p_q1 = pb_q1
+        p_x0 = x_rows + kb_x0
+        p_x1 = x_rows + kb_x1
+        k_q0 = kb_q0
+        k_q1 = kb_q1
+        k_x0 = kb_x0
+        k_x1 = kb_x1
         d0 = zero
         d1 = zero
         d2 = zero
@@ -304,6 +305,82 @@ def _uniform_gemv_kernel(
         e1 = zx
         e2 = zx
         e3 = zx
+        for t in range(0, INNER):
+            wa0, wa1, wa2, wa3 = _words(p_q0, N, nq_ok, k_q0 < K, WB, EVEN_N, EVEN)
+            xa0, xa1, xa2, xa3 = _acts(p_x0, x_ok0, ok_x, k_x0, K, XC, EVEN, ALL)
+            p_q0 += ROW_STEP * N
+            p_x0 += BLK * LPS
+            if not EVEN:
+                k_q0 += BLK * LPS
+                k_x0 += BLK * LPS
+            if NS == 2:
+                wb0, wb1, wb2, wb3 = _words(p_q1, N, nq_ok, k_q1 < K, WB, EVEN_N, EVEN)
+                xb0, xb1, xb2, xb3 = _acts(p_x1, x_ok1, ok_x, k_x1, K, XC, EVEN, ALL)
+                p_q1 += ROW_STEP * N
+                p_x1 += BLK
+                if not EVEN:
+                    k_q1 += BLK
+                    k_x1 += BLK
+            else:
+                wb0 = wa0
+                wb1 = wa1
+                wb2 = wa2
+                wb3 = wa3
+                xb0 = xa0
+                xb1 = xa1
+                xb2 = xa2
+                xb3 = xa3
+            for i in tl.static_range(SPI):
+                d0, d1, d2, d3, e0, e1, e2, e3 = _gemv_step(
+                    wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3,
+                    d0, d1, d2, d3, e0, e1, e2, e3, one2, z0, i, SPI, HALF, R, NW, BITS, BF16, USE_ASM)
+        # epilogue of the super-step: column 2c + e is slot (2c + e) % GP
+        if not INC:
+            vg0 = (o + qw_) * GP + (2 * qc) % GP  # virtual groups of columns 2c, 2c + 1; VGG per group
+            vg1 = (o + qw_) * GP + (2 * qc + 1) % GP
+            if VGG == 0:
+                g0 = vg0 * 0
+                g1 = vg1 * 0
+            else:
+                g0 = vg0 // VGG
+                g1 = vg1 // VGG
+            ps0 = s_base + g0.to(tl.int64) * N
+            ps1 = s_base + g1.to(tl.int64) * N
+            pz0 = z_base + g0.to(tl.int64) * N
+            pz1 = z_base + g1.to(tl.int64) * N
+        if EVEN:
+            ok0 = nq_ok
+            ok1 = nq_ok
+        else:
+            ok0 = nq_ok & (o + qw_ < ss_end) & (vg0 * BLOCK_K < K)
+            ok1 = nq_ok & (o + qw_ < ss_end) & (vg1 * BLOCK_K < K)
+        s00, s01 = rows_of(tl.load(ps0, mask=ok0, other=0.0).to(tl.float32), R)
+        s10, s11 = rows_of(tl.load(ps1, mask=ok1, other=0.0).to(tl.float32), R)
+        if HAS_ZEROS:
+            z00, z01 = rows_of(tl.load(pz0, mask=ok0, other=0.0).to(tl.float32), R)
+            z10, z11 = rows_of(tl.load(pz1, mask=ok1, other=0.0).to(tl.float32), R)
+            y0 += s00 * (d0 - e2 - z00 * e0)
+            y2 += s01 * (d2 - e2 - z01 * e0)
+            y1 += s10 * (d1 - e3 - z10 * e1)
+            y3 += s11 * (d3 - e3 - z11 * e1)
+        else:  # a constant zero point: the column's correction is row-independent
+            u0 = e2 + SYM_ZERO * e0
+            u1 = e3 + SYM_ZERO * e1
+            y0 += s00 * (d0 - u0)
+            y2 += s01 * (d2 - u0)
+            y1 += s10 * (d1 - u1)
+            y3 += s11 * (d3 - u1)
+        if EVEN:
+            pb_q0 += (NW * SSK // BLK * WB) * N
+            pb_q1 += (NW * SSK // BLK * WB) * N
+            kb_x0 += NW * SSK
+            kb_x1 += NW * SSK
+        if INC:
+            if VGG != 0:
+                ps0 += GSTEP * N
+                ps1 += GSTEP * N
+                pz0 += GSTEP * N
+                pz1 += GSTEP * N
     # one reduction after the loop: warps, then the (c, e) columns of each output row
     yh0 = tl.sum(tl.join(y0, y1), axis=1)  # [R, 8, 4, 2]: column 2c + e of MMA row g
     yh1 = tl.sum(tl.join(y2, y3), axis=1)
@@ -328,9 +405,9 @@ def _uniform_gemv_kernel(
 @triton.jit
 def _uniform_gemv_fma_kernel(
         x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr,
-        M, N, K, group_size, stride_xm, stride_om, tiles_per_split, split_k,
-        BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        M, N, K, stride_xm, stride_om, tiles_per_split, split_k,
+        BITS: tl.constexpr, TPG: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Small-M y = x W^T in fp32 on CUDA cores: grid (M-blocks x N-blocks, split_k); a K tile lies in
     one group, so the scale leaves the inner product: sum x*(q-z)*s = s * sum x*(q-z)."""
     pid = tl.program_id(0)
@@ -351,8 +428,7 @@ def _uniform_gemv_fma_kernel(
         q = unpack_tile(qw_ptr, kk, offs_n, k_ok[:, None] & n_mask[None, :], N, BITS)
         f = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # exact int -> fp32
         xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-        s, z = _group_meta(s_ptr, z_ptr, (t * BLOCK_K) // group_size, K, group_size, N, offs_n, n_mask,
-                           HAS_ZEROS, SYM_ZERO)
+        s, z = _group_meta(s_ptr, z_ptr, t, TPG, N, offs_n, n_mask, HAS_ZEROS, SYM_ZERO)
         xq = tl.sum(xt[:, :, None] * (f - z[None, :])[None, :, :], axis=1)
         acc += xq * s[None, :]
     _store_result(acc, offs_m, offs_n, M, N, b_ptr, out_ptr, ws_ptr, pid_s, stride_om, split_k, HAS_BIAS)
@@ -361,18 +437,19 @@ def _uniform_gemv_fma_kernel(
 # -- large M on tensor cores -------------------------------------------------------------------------
 @triton.jit
 def _pair_tile(w0, w1, w2, P: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, zero):
+    w3 = w0
     """All P pairs of the blocks as int32 [NBLK, BLOCK_N, 2, ..., 2] (log2(P) pair-index bits, low bit first)."""
-    t = tl.join(tl.join(decode_pair(w0, w1, w2, 0, BITS, BF16, zero), decode_pair(w0, w1, w2, 1, BITS, BF16, zero)),
-                tl.join(decode_pair(w0, w1, w2, 2, BITS, BF16, zero), decode_pair(w0, w1, w2, 3, BITS, BF16, zero)))
+    t = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 0, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 1, BITS, BF16, zero)),
+                tl.join(decode_pair(w0, w1, w2, w3, 2, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 3, BITS, BF16, zero)))
     if P >= 8:
-        u = tl.join(tl.join(decode_pair(w0, w1, w2, 4, BITS, BF16, zero), decode_pair(w0, w1, w2, 5, BITS, BF16, zero)),
-                    tl.join(decode_pair(w0, w1, w2, 6, BITS, BF16, zero), decode_pair(w0, w1, w2, 7, BITS, BF16, zero)))
+        u = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 4, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 5, BITS, BF16, zero)),
+                    tl.join(decode_pair(w0, w1, w2, w3, 6, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 7, BITS, BF16, zero)))
         t = tl.join(t, u)
     if P == 16:
-        u = tl.join(tl.join(decode_pair(w0, w1, w2, 8, BITS, BF16, zero), decode_pair(w0, w1, w2, 9, BITS, BF16, zero)),
-                    tl.join(decode_pair(w0, w1, w2, 10, BITS, BF16, zero), decode_pair(w0, w1, w2, 11, BITS, BF16, zero)))
-        u2 = tl.join(tl.join(decode_pair(w0, w1, w2, 12, BITS, BF16, zero), decode_pair(w0, w1, w2, 13, BITS, BF16, zero)),
-                     tl.join(decode_pair(w0, w1, w2, 14, BITS, BF16, zero), decode_pair(w0, w1, w2, 15, BITS, BF16, zero)))
+        u = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 8, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 9, BITS, BF16, zero)),
+                    tl.join(decode_pair(w0, w1, w2, w3, 10, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 11, BITS, BF16, zero)))
+        u2 = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 12, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 13, BITS, BF16, zero)),
+                     tl.join(decode_pair(w0, w1, w2, w3, 14, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 15, BITS, BF16, zero)))
         t = tl.join(t, tl.join(u, u2))
     return t
 
@@ -380,9 +457,9 @@ def _pair_tile(w0, w1, w2, P: tl.constexpr, BITS: tl.constexpr, BF16: tl.constex
 @triton.jit
 def _uniform_gemm_kernel(
         x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, ws_ptr,
-        M, N, K, group_size, stride_xm, stride_om, tiles_per_split, split_k,
-        BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-        PAIRS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        M, N, K, stride_xm, stride_om, tiles_per_split, split_k,
+        BITS: tl.constexpr, TPG: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+        HAS_BIAS: tl.constexpr, PAIRS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """Large-M y = x W^T on tensor cores with the weight tile dequantized inside the K loop.
 
@@ -433,8 +510,7 @@ def _uniform_gemm_kernel(
         kk = t * BLOCK_K + kperm
         k_ok = kk < K
         a = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & k_ok[None, :], other=0.0)
-        g = (t * BLOCK_K) // group_size
-        s, z = _group_meta(s_ptr, z_ptr, g, K, group_size, N, offs_n, n_mask, HAS_ZEROS, SYM_ZERO)
+        s, z = _group_meta(s_ptr, z_ptr, t, TPG, N, offs_n, n_mask, HAS_ZEROS, SYM_ZERO)
         if PAIRS:
             dt: tl.constexpr = tl.bfloat16 if BF16 else tl.float16
             row = (t * NBLK + rblk).to(tl.int64) * WB

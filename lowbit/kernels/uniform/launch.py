@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import triton
 
-from ...formats import UNIFORM_SCHEMES, QuantizedWeight, UniformSpec, packed_words
+from ...formats import UNIFORM_SCHEMES, QuantizedWeight, UniformSpec
 from ..base import KernelConfig, KernelFamily, KernelPath, on_interpreter, operands
 from . import configs as cfgs
 from .kernels import _uniform_gemm_kernel, _uniform_gemv_fma_kernel, _uniform_gemv_kernel, _uniform_reduce_kernel
@@ -35,7 +35,6 @@ def _run(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     m, k = x2d.shape
     n = qweight.shape[1]
     dtype = x2d.dtype
-    group = k if spec.group_size == -1 else spec.group_size
     per_split, split = cfgs.split_plan(path, n, k, spec.bits, config, m, dtype)
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if split > 1 else out
     zeros_arg = zeros if zeros is not None else scales  # unused pointer when symmetric
@@ -45,14 +44,13 @@ def _run(x2d: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     tiles = triton.cdiv(m, config.block_m) * triton.cdiv(n, config.block_n)
     if path is KernelPath.GEMV and cfgs.mma_gemv(spec.bits, dtype):
         _uniform_gemv_kernel[(tiles, split)](
-            x2d, qweight, scales, zeros_arg, b, out, ws, m, n, k, packed_words(k, spec.bits), group, x2d.stride(0),
-            out.stride(0), per_split, split, BF16=dtype == torch.bfloat16, NW=config.num_warps,
-            EVEN_K=k % cfgs.gemv_geometry(spec.bits, config).superstep_codes == 0, EVEN_N=n % config.block_n == 0,
+            x2d, qweight, scales, zeros_arg, b, out, ws, m, n, k, x2d.stride(0), out.stride(0), per_split, split,
+            VGG=cfgs.per_group(spec, config), BF16=dtype == torch.bfloat16, NW=config.num_warps,
+            EVEN=cfgs.gemv_geometry(spec.bits, config).even(k, per_split), EVEN_N=n % config.block_n == 0,
             USE_ASM=not on_interpreter(x2d), num_warps=config.num_warps, num_stages=config.num_stages, **meta)
     else:
-        args = (x2d, qweight, scales, zeros_arg, b, out, ws, m, n, k, group, x2d.stride(0), out.stride(0),
-                per_split, split)
-        launch_opts = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+        args = (x2d, qweight, scales, zeros_arg, b, out, ws, m, n, k, x2d.stride(0), out.stride(0), per_split, split)
+        launch_opts = dict(num_warps=config.num_warps, num_stages=config.num_stages, TPG=cfgs.per_group(spec, config))
         if path is KernelPath.GEMV:
             _uniform_gemv_fma_kernel[(tiles, split)](*args, **meta, **launch_opts)
         else:
