@@ -1,13 +1,15 @@
 """@triton.jit building blocks of the uniform kernels: the magic-number pair decode and the
 tensor-core step of the GEMV.
 
-Pair decode. A *block* is the packing unit along K (lowbit/reference/packing.py): one word of
-32 // bits codes (two words of 4 codes for int8), or 32 codes in 3 words for int3. Its codes
-come out two at a time: one 32-bit logic op ``(word >> SH) & MASK | MAGIC`` leaves a code field
-in each 16-bit half next to the exponent bits of MAGIC, so each half *is* the fp16 (or bf16)
-number ``base + code``, exactly (``base = 2^(mantissa bits - field position)``). Pair ``J`` of
-a block holds codes ``(lo, hi)`` (:func:`pair_codes`); ``SH`` is shared by the pairs of one
-shift window, so a word costs (fields / 2) ops plus one shift per window.
+Pair decode. A *block* is a run of packed words along K (lowbit/reference/packing.py): words of
+32 // bits codes, or 32 codes in 3 words for int3. Its codes come out two at a time: one 32-bit
+logic op ``(word >> SH) & MASK | MAGIC`` leaves a code field in each 16-bit half next to the
+exponent bits of MAGIC, so each half *is* the fp16 (or bf16) number ``base + code``, exactly
+(``base = 2^(mantissa bits - field position)``). Pair ``J`` of a block holds codes
+(:func:`pair_lo`, :func:`pair_hi`): for 1/2/4/8 bits codes i and i + 16 / bits of one word,
+for 3 bits fields f and f + 5 of one word, and codes 30/31 gathered from the three words' top
+bits. ``SH`` is shared by the pairs of one shift window, so a word costs (fields / 2) ops plus
+one shift per window beyond the first.
 
 Tensor-core step. ``mma.sync.m16n8k16`` with fp32 accumulation, one instance per element of
 the fragment tensors: every fragment tensor has shape ``[L, NW, 8, 4]`` = (register repeat,
@@ -51,9 +53,10 @@ def _field(j, bits, bf16):
         f = j % 5
         return j // 5, (f // fps) * fps * 3, (f % fps) * 3
     pw = 16 // bits  # pairs per word
-    fps = mant // bits
-    if fps == 0:
+    fps = mant // bits  # fields per shift window, rounded down to a power of two: every window
+    if fps == 0:        # then uses the same field positions, so a block has few distinct bases
         raise ValueError(f"{bits}-bit fields do not fit a {'bf16' if bf16 else 'fp16'} mantissa")
+    fps = 1 << (fps.bit_length() - 1)
     jj = j % pw
     return j // pw, (jj // fps) * fps * bits, (jj % fps) * bits
 

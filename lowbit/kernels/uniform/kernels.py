@@ -263,21 +263,15 @@ def _uniform_gemv_kernel(
     kb_q1 = (ss_q * GP + slot_q1) * BLOCK_K
     kb_x1 = (ss_x * GP + slot_x1) * BLOCK_K + xe
     pb_q1 = qw_ptr + (kb_q1 // BLK * WB).to(tl.int64) * N + n_q
-    # scale/zero rows of the two columns (2c, 2c + 1) at this warp's first super-step
-    s_base = s_ptr + n_q
-    z_base = z_ptr + n_q
+    # scale/zero rows (group offsets * N) of the two columns (2c, 2c + 1) at this warp's first super-step
     vg0 = (ss_begin + qw_) * GP + (2 * qc) % GP
     vg1 = (ss_begin + qw_) * GP + (2 * qc + 1) % GP
     if VGG == 0:
-        g0 = vg0 * 0
-        g1 = vg1 * 0
+        go0 = (vg0 * 0).to(tl.int64)
+        go1 = (vg1 * 0).to(tl.int64)
     else:
-        g0 = vg0 // VGG
-        g1 = vg1 // VGG
-    ps0 = s_base + g0.to(tl.int64) * N
-    ps1 = s_base + g1.to(tl.int64) * N
-    pz0 = z_base + g0.to(tl.int64) * N
-    pz1 = z_base + g1.to(tl.int64) * N
+        go0 = (vg0 // VGG).to(tl.int64) * N
+        go1 = (vg1 // VGG).to(tl.int64) * N
     for o in range(ss_begin, ss_end, NW):
         ok_x = o + xw < ss_end
         if not EVEN:  # re-derive the (clamped) starts: warps past the split re-read its last super-step
@@ -339,26 +333,22 @@ def _uniform_gemv_kernel(
             vg0 = (o + qw_) * GP + (2 * qc) % GP  # virtual groups of columns 2c, 2c + 1; VGG per group
             vg1 = (o + qw_) * GP + (2 * qc + 1) % GP
             if VGG == 0:
-                g0 = vg0 * 0
-                g1 = vg1 * 0
+                go0 = (vg0 * 0).to(tl.int64)
+                go1 = (vg1 * 0).to(tl.int64)
             else:
-                g0 = vg0 // VGG
-                g1 = vg1 // VGG
-            ps0 = s_base + g0.to(tl.int64) * N
-            ps1 = s_base + g1.to(tl.int64) * N
-            pz0 = z_base + g0.to(tl.int64) * N
-            pz1 = z_base + g1.to(tl.int64) * N
+                go0 = (vg0 // VGG).to(tl.int64) * N
+                go1 = (vg1 // VGG).to(tl.int64) * N
         if EVEN:
             ok0 = nq_ok
             ok1 = nq_ok
         else:
             ok0 = nq_ok & (o + qw_ < ss_end) & (vg0 * BLOCK_K < K)
             ok1 = nq_ok & (o + qw_ < ss_end) & (vg1 * BLOCK_K < K)
-        s00, s01 = rows_of(tl.load(ps0, mask=ok0, other=0.0).to(tl.float32), R)
-        s10, s11 = rows_of(tl.load(ps1, mask=ok1, other=0.0).to(tl.float32), R)
+        s00, s01 = rows_of(_ld(s_ptr + (go0 + n_q), ok0, ok0, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+        s10, s11 = rows_of(_ld(s_ptr + (go1 + n_q), ok1, ok1, EVEN and EVEN_N, EVEN).to(tl.float32), R)
         if HAS_ZEROS:
-            z00, z01 = rows_of(tl.load(pz0, mask=ok0, other=0.0).to(tl.float32), R)
-            z10, z11 = rows_of(tl.load(pz1, mask=ok1, other=0.0).to(tl.float32), R)
+            z00, z01 = rows_of(_ld(z_ptr + (go0 + n_q), ok0, ok0, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+            z10, z11 = rows_of(_ld(z_ptr + (go1 + n_q), ok1, ok1, EVEN and EVEN_N, EVEN).to(tl.float32), R)
             y0 += s00 * (d0 - e2 - z00 * e0)
             y2 += s01 * (d2 - e2 - z01 * e0)
             y1 += s10 * (d1 - e3 - z10 * e1)
@@ -377,10 +367,8 @@ def _uniform_gemv_kernel(
             kb_x1 += NW * SSK
         if INC:
             if VGG != 0:
-                ps0 += GSTEP * N
-                ps1 += GSTEP * N
-                pz0 += GSTEP * N
-                pz1 += GSTEP * N
+                go0 += GSTEP * N
+                go1 += GSTEP * N
     # one reduction after the loop: warps, then the (c, e) columns of each output row
     yh0 = tl.sum(tl.join(y0, y1), axis=1)  # [R, 8, 4, 2]: column 2c + e of MMA row g
     yh1 = tl.sum(tl.join(y2, y3), axis=1)
