@@ -6,13 +6,14 @@ blocks along K (:func:`lowbit.formats.code_block`); codes past K are zero.
 
 - 1, 2, 4 and 8 bits: one word per block of ``32 // bits`` codes; word ``w`` of column ``n``
   holds code ``k = w * vpw + i`` at bit ``i * bits``.
-- 3 bits: 32 codes in 3 words, exactly 3.0 bits per code. Word ``3b + j`` (j = 0, 1, 2) of
-  block ``b`` holds codes ``r = 10j + f`` (r = k - 32b) as 3-bit fields: f = 0..4 at bit
-  ``3f`` (the low half-word), f = 5..9 at bit ``16 + 3(f - 5)`` (the high half-word). Codes
-  30 and 31 are spread over the free top bit of each half: bit ``j`` of code 30 is bit 15 of
-  word ``3b + j``, bit ``j`` of code 31 is bit 31. A block never straddles a group (groups are
-  multiples of 32 codes), and every bit carries a code. The kernels decode two codes per
-  32-bit logic op: each half-word field sits where an fp16 magic number can absorb it.
+- 3 bits: 32 codes in 3 words, exactly 3.0 bits per code. Code ``r = k - 32b`` of block ``b``
+  belongs to pair ``J = r // 2`` and half ``h = r % 2``. For J < 15, word ``3b + J // 5`` holds
+  it as a 3-bit field at bit ``3 * (J % 5) + 16 * h``: five fields in each half-word, the two
+  codes of a pair side by side in the two halves. Pair 15 (codes 30 and 31) is spread over the
+  free top bit of each half: bit ``j`` of code 30 is bit 15 of word ``3b + j``, bit ``j`` of
+  code 31 is bit 31. A block never straddles a group (groups are multiples of 32 codes) and
+  every bit carries a code. The kernels decode a pair per 32-bit logic op (each half-word field
+  sits where an fp16 magic number absorbs it) and a pair is two adjacent inputs k, k + 1.
 
 Format version 1 files packed 3-bit codes 10 per word (bits 30-31 unused); :func:`unpack_codes_v1`
 reads that layout so old files can be converted on load.
@@ -45,8 +46,8 @@ def _to_int32(words: torch.Tensor) -> torch.Tensor:
 def _three_bit_fields():
     """(word j, bit position) of each of the 30 field codes r = 0..29 of a 3-bit block."""
     r = torch.arange(30)
-    f = r % 10
-    return r // 10, torch.where(f < 5, 3 * f, 16 + 3 * (f - 5))
+    pair = r // 2
+    return pair // 5, 3 * (pair % 5) + 16 * (r % 2)
 
 
 def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:

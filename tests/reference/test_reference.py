@@ -28,8 +28,9 @@ def test_pack_unpack_bit_exact(bits, k):
 
 
 def test_three_bit_packs_32_codes_in_3_words():
-    """Exactly 3.0 bits per code: word j of a block holds codes 10j..10j+9 as 3-bit fields (five per
-    half-word at bits 3f and 16 + 3f); bit j of codes 30 and 31 sits in bits 15 and 31 of word j."""
+    """Exactly 3.0 bits per code: code r < 30 of a block is pair J = r // 2, half h = r % 2, a 3-bit
+    field of word J // 5 at bit 3 * (J % 5) + 16 * h; bit j of codes 30 and 31 sits in bits 15 and 31
+    of word j."""
     assert code_block(3) == (32, 3) and packed_words(32, 3) == 3 and packed_words(33, 3) == 6
     with pytest.raises(ValueError, match="3 words"):
         values_per_word(3)
@@ -40,9 +41,8 @@ def test_three_bit_packs_32_codes_in_3_words():
         words = [int(packed[3 * b + j, 0]) & 0xFFFFFFFF for j in range(3)]
         block = q[0, 32 * b:32 * b + 32].tolist()
         for r in range(30):
-            j, f = divmod(r, 10)
-            pos = 3 * f if f < 5 else 16 + 3 * (f - 5)
-            assert (words[j] >> pos) & 7 == block[r], (b, r)
+            pair, h = divmod(r, 2)
+            assert (words[pair // 5] >> (3 * (pair % 5) + 16 * h)) & 7 == block[r], (b, r)
         assert sum(((words[j] >> 15) & 1) << j for j in range(3)) == block[30]
         assert sum(((words[j] >> 31) & 1) << j for j in range(3)) == block[31]
 

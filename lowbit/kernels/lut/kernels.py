@@ -32,13 +32,12 @@ def _code3(qw_ptr, k, offs_n, mask, N):
     """3-bit codes [len(k), BLOCK_N] of inputs k in the 32-codes-in-3-words layout (three word loads)."""
     blk = k // 32
     r = k % 32
-    f = r % 10
-    shift = tl.where(f < 5, 3 * f, 16 + 3 * (f - 5))
+    shift = 3 * ((r // 2) % 5) + 16 * (r % 2)
     base = qw_ptr + (3 * blk)[:, None] * N + offs_n[None, :]
     w0 = tl.load(base, mask=mask, other=0)
     w1 = tl.load(base + N, mask=mask, other=0)
     w2 = tl.load(base + 2 * N, mask=mask, other=0)
-    j = (r // 10)[:, None]
+    j = (r // 10)[:, None]  # word of the field (pair r // 2, five pairs per word)
     field = (tl.where(j == 0, w0, tl.where(j == 1, w1, w2)) >> shift[:, None]) & 7
     top = tl.where(r == 30, 15, 31)[:, None]  # codes 30 and 31: bit j in the top bit of word j's half
     spread = ((w0 >> top) & 1) | (((w1 >> top) & 1) << 1) | (((w2 >> top) & 1) << 2)

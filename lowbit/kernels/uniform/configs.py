@@ -4,7 +4,7 @@ Three kernels serve two paths (kernels.py): the GEMV path runs the tensor-core G
 activations (:func:`mma_gemv`) and the CUDA-core GEMV otherwise (fp32 x, bf16 int8); the GEMM
 path runs the tensor-core GEMM for every dtype. A config's fields mean, per kernel:
 
-- tensor-core GEMV: block_m = rows of x per program (1, 2, 4, 8), block_n = weight rows per
+- tensor-core GEMV: block_m = rows of x per program (1, 2, 4, 8, 16), block_n = weight rows per
   program (16 per MMA row block: 32, 64, 128), block_k = codes per virtual group (a slot's
   share of one super-step; divides the group size), num_warps = warps splitting K;
 - CUDA-core GEMV and GEMM: the usual tile; a K tile lies in one group and holds whole packing
@@ -20,7 +20,7 @@ import torch
 from ...formats import QuantizedWeight, UniformSpec, code_block
 from ..base import SHARED_BUDGET, KernelConfig, KernelPath, common_config_problem, sm_count
 
-GEMV_BLOCK_M = (1, 2, 4, 8)
+GEMV_BLOCK_M = (1, 2, 4, 8, 16)
 GEMV_BLOCK_N = (32, 64, 128)
 GEMV_BLOCK_K = (32, 64, 128, 256)
 GEMV_WARPS = (2, 4, 8)
@@ -90,8 +90,12 @@ class GemvGeometry:
         return self.block_n // 16
 
     @property
+    def halves(self) -> int:  # NH: MMAs of 8 columns per step (16 rows of x: two)
+        return 2 if self.block_m == 16 else 1
+
+    @property
     def slots(self) -> int:  # GP: virtual groups per super-step
-        return 8 // self.block_m
+        return 8 // (self.block_m // self.halves)
 
     @property
     def streams(self) -> int:  # NS: independent streams per thread
@@ -129,7 +133,7 @@ class GemvGeometry:
 
     def problem(self) -> str | None:
         if self.block_m not in GEMV_BLOCK_M:
-            return f"block_m={self.block_m} is not one of {GEMV_BLOCK_M} (the MMA has 8 columns)"
+            return f"block_m={self.block_m} is not one of {GEMV_BLOCK_M} (one or two MMAs of 8 columns)"
         if self.block_n not in GEMV_BLOCK_N:
             return f"block_n={self.block_n} is not one of {GEMV_BLOCK_N} (16 rows per MMA row block, 2 to 8 blocks)"
         if self.block_k < self.codes_per_iteration or self.block_k % self.codes_per_iteration:
@@ -137,7 +141,7 @@ class GemvGeometry:
                     f"takes per iteration at block_m={self.block_m}")
         if self.warps not in GEMV_WARPS:
             return f"num_warps={self.warps} is not one of {GEMV_WARPS}"
-        words = self.streams * self.block[1] * self.rows
+        words = self.streams * self.block[1] * self.rows * self.halves
         if words > GEMV_REGS_WORDS:
             return f"{words} words in flight per thread (more than {GEMV_REGS_WORDS}: registers would spill)"
         return None
@@ -270,12 +274,22 @@ def _pick_split(programs: int, steps: int, options, sms: int, min_steps: int = 2
 
 
 def gemv_heuristic(m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) -> KernelConfig:
-    """Tensor-core GEMV: x rows per program up to 8, 4 MMA row blocks (8 for 1/2-bit codes, whose
-    activations cost more per weight), the largest virtual group up to 128 codes, 8 warps while every
-    warp still gets a super-step, split-K only when the column blocks fill less than one wave."""
+    """Tensor-core GEMV: x rows per program up to 16 (fewer where the group size needs it), 4 MMA row
+    blocks (8 for 1/2-bit codes below 16 rows, whose activations cost more per weight), the largest
+    virtual group up to 128 codes, 8 warps while every warp still gets a super-step, split-K only when
+    the column blocks fill less than half a wave."""
     spec: UniformSpec = qw.spec
-    bm = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-    bn = 128 if spec.bits in (1, 2) else 64
+    want = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8 if m <= 8 else 16
+    for bm in [b for b in reversed(GEMV_BLOCK_M) if b <= want]:  # the largest tile a group admits
+        cfg = _gemv_tile(bm, m, qw, dtype, sms)
+        if cfg is not None:
+            return cfg
+    raise ValueError(f"no tensor-core GEMV config serves int{spec.bits} g{spec.group_size} at M={m}")
+
+
+def _gemv_tile(bm: int, m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) -> KernelConfig | None:
+    spec: UniformSpec = qw.spec
+    bn = 128 if spec.bits in (1, 2) and bm < 16 else 64
     best = None
     for bk in sorted(GEMV_BLOCK_K, reverse=True):
         for nw in (8, 4, 2):
@@ -286,7 +300,7 @@ def gemv_heuristic(m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) ->
                 if gemv_geometry(spec.bits, cfg).supersteps(qw.K) >= nw:
                     return _with_split(cfg, m, qw, dtype, sms)
     if best is None:
-        raise ValueError(f"no tensor-core GEMV config serves int{spec.bits} g{spec.group_size} at M={m}")
+        return None
     return _with_split(best, m, qw, dtype, sms)
 
 

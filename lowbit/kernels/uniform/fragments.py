@@ -7,8 +7,8 @@ logic op ``(word >> SH) & MASK | MAGIC`` leaves a code field in each 16-bit half
 exponent bits of MAGIC, so each half *is* the fp16 (or bf16) number ``base + code``, exactly
 (``base = 2^(mantissa bits - field position)``). Pair ``J`` of a block holds codes
 (:func:`pair_lo`, :func:`pair_hi`): for 1/2/4/8 bits codes i and i + 16 / bits of one word,
-for 3 bits fields f and f + 5 of one word, and codes 30/31 gathered from the three words' top
-bits. ``SH`` is shared by the pairs of one shift window, so a word costs (fields / 2) ops plus
+for 3 bits codes 2J and 2J + 1 (the layout puts a pair's fields side by side in the two halves;
+codes 30/31 are gathered from the three words' top bits). ``SH`` is shared by the pairs of one shift window, so a word costs (fields / 2) ops plus
 one shift per window beyond the first.
 
 Tensor-core step. ``mma.sync.m16n8k16`` with fp32 accumulation, one instance per element of
@@ -105,7 +105,7 @@ def pair_lo(j, bits):
     """Offset of pair j's low-half code from its block's first code."""
     j, bits = int(_value(j)), int(_value(bits))
     if bits == 3:
-        return 30 if j == 15 else 10 * (j // 5) + j % 5
+        return 2 * j
     pw = 16 // bits
     return (j // pw) * (32 // bits) + j % pw
 
@@ -115,7 +115,7 @@ def pair_hi(j, bits):
     """Offset of pair j's high-half code from its block's first code."""
     j, bits = int(_value(j)), int(_value(bits))
     if bits == 3:
-        return 31 if j == 15 else 10 * (j // 5) + j % 5 + 5
+        return 2 * j + 1
     return pair_lo(j, bits) + 16 // bits
 
 

@@ -15,8 +15,7 @@ in 3 words (int3); scales/zeros [G, N].
   magic offset and the zero point there: y += s * (D - C - z * S). The warps of a CTA split K;
   the only cross-lane and cross-warp reduction is after the loop.
 - :func:`_uniform_gemm_kernel` (large M, and small M with fp32 x): the weight tile is decoded in
-  the K loop (pairs, then (f - base - z) * s in the activation type) and fed to ``tl.dot``;
-  3-bit tiles stay in pair order and the activations are read in the same order.
+  the K loop (pairs, then (f - base - z) * s in the activation type) and fed to ``tl.dot``.
 - :func:`_uniform_gemv_fma_kernel` (small M where the MMA decode does not apply: fp32 x, bf16
   int8): fp32 CUDA-core math, codes read element-wise.
 - :func:`_uniform_reduce_kernel`: fixed-order split-K sum.
@@ -35,13 +34,12 @@ def unpack_tile(qw_ptr, k, offs_n, mask, N, BITS: tl.constexpr):
     if BITS == 3:
         blk = k // 32
         r = k % 32
-        f = r % 10
-        shift = tl.where(f < 5, 3 * f, 16 + 3 * (f - 5))
+        shift = 3 * ((r // 2) % 5) + 16 * (r % 2)
         base = qw_ptr + (3 * blk).to(tl.int64)[:, None] * N + offs_n[None, :]
         w0 = tl.load(base, mask=mask, other=0)
         w1 = tl.load(base + N, mask=mask, other=0)
         w2 = tl.load(base + 2 * N, mask=mask, other=0)
-        j = (r // 10)[:, None]
+        j = (r // 10)[:, None]  # word of the field (pair r // 2, five pairs per word)
         field = (tl.where(j == 0, w0, tl.where(j == 1, w1, w2)) >> shift[:, None]) & 7
         top = tl.where(r == 30, 15, 31)[:, None]
         spread = ((w0 >> top) & 1) | (((w1 >> top) & 1) << 1) | (((w2 >> top) & 1) << 2)
@@ -178,7 +176,9 @@ def _uniform_gemv_kernel(
     """
     R: tl.constexpr = BLOCK_N // 16
     R2: tl.constexpr = R // 2
-    GP: tl.constexpr = 8 // BLOCK_M
+    NH: tl.constexpr = 2 if BLOCK_M == 16 else 1  # 16 rows of x: two MMAs of 8 columns per step
+    BMH: tl.constexpr = BLOCK_M // NH
+    GP: tl.constexpr = 8 // BMH
     NS: tl.constexpr = 2 if GP == 8 else 1  # independent streams per thread
     if BITS == 3:
         BLK: tl.constexpr = 32
@@ -226,6 +226,7 @@ def _uniform_gemv_kernel(
     xc = tl.arange(0, 4)[None, None, :, None]
     xe = tl.arange(0, 8)[None, None, None, :]
     x_rows = x_ptr + tl.minimum(m0 + xg // GP, M - 1).to(tl.int64) * stride_xm  # rows past M: dropped
+    x_rows_h = x_ptr + tl.minimum(m0 + 8 + xg, M - 1).to(tl.int64) * stride_xm  # second half (NH = 2)
     if NS == 2:
         slot_q0 = qc
         slot_q1 = qc + 4
@@ -251,6 +252,10 @@ def _uniform_gemv_kernel(
     y1 = zero
     y2 = zero
     y3 = zero
+    y4 = zero
+    y5 = zero
+    y6 = zero
+    y7 = zero
     # first blocks of the streams at this warp's first super-step
     ss_q = ss_begin + qw_
     ss_x = ss_begin + xw
@@ -287,6 +292,7 @@ def _uniform_gemv_kernel(
         p_q1 = pb_q1
         p_x0 = x_rows + kb_x0
         p_x1 = x_rows + kb_x1
+        p_xh = x_rows_h + kb_x0
         k_q0 = kb_q0
         k_q1 = kb_q1
         k_x0 = kb_x0
@@ -299,11 +305,22 @@ def _uniform_gemv_kernel(
         e1 = zx
         e2 = zx
         e3 = zx
+        d4 = zero
+        d5 = zero
+        d6 = zero
+        d7 = zero
+        e4 = zx
+        e5 = zx
+        e6 = zx
+        e7 = zx
         for t in range(0, INNER):
             wa0, wa1, wa2, wa3 = _words(p_q0, N, nq_ok, k_q0 < K, WB, EVEN_N, EVEN)
             xa0, xa1, xa2, xa3 = _acts(p_x0, x_ok0, ok_x, k_x0, K, XC, EVEN, ALL)
             p_q0 += ROW_STEP * N
             p_x0 += BLK * LPS
+            if NH == 2:
+                xh0, xh1, xh2, xh3 = _acts(p_xh, x_ok0, ok_x, k_x0, K, XC, EVEN, ALL)
+                p_xh += BLK * LPS
             if not EVEN:
                 k_q0 += BLK * LPS
                 k_x0 += BLK * LPS
@@ -328,6 +345,10 @@ def _uniform_gemv_kernel(
                 d0, d1, d2, d3, e0, e1, e2, e3 = _gemv_step(
                     wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3,
                     d0, d1, d2, d3, e0, e1, e2, e3, one2, z0, i, SPI, HALF, R, NW, BITS, BF16, USE_ASM)
+                if NH == 2:  # the same A fragments (the decode is shared) against x rows 8..15
+                    d4, d5, d6, d7, e4, e5, e6, e7 = _gemv_step(
+                        wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xh0, xh1, xh2, xh3, xh0, xh1, xh2, xh3,
+                        d4, d5, d6, d7, e4, e5, e6, e7, one2, z0, i, SPI, HALF, R, NW, BITS, BF16, USE_ASM)
         # epilogue of the super-step: column 2c + e is slot (2c + e) % GP
         if not INC:
             vg0 = (o + qw_) * GP + (2 * qc) % GP  # virtual groups of columns 2c, 2c + 1; VGG per group
@@ -353,6 +374,11 @@ def _uniform_gemv_kernel(
             y2 += s01 * (d2 - e2 - z01 * e0)
             y1 += s10 * (d1 - e3 - z10 * e1)
             y3 += s11 * (d3 - e3 - z11 * e1)
+            if NH == 2:
+                y4 += s00 * (d4 - e6 - z00 * e4)
+                y6 += s01 * (d6 - e6 - z01 * e4)
+                y5 += s10 * (d5 - e7 - z10 * e5)
+                y7 += s11 * (d7 - e7 - z11 * e5)
         else:  # a constant zero point: the column's correction is row-independent
             u0 = e2 + SYM_ZERO * e0
             u1 = e3 + SYM_ZERO * e1
@@ -360,6 +386,13 @@ def _uniform_gemv_kernel(
             y2 += s01 * (d2 - u0)
             y1 += s10 * (d1 - u1)
             y3 += s11 * (d3 - u1)
+            if NH == 2:
+                u4 = e6 + SYM_ZERO * e4
+                u5 = e7 + SYM_ZERO * e5
+                y4 += s00 * (d4 - u4)
+                y6 += s01 * (d6 - u4)
+                y5 += s10 * (d5 - u5)
+                y7 += s11 * (d7 - u5)
         if EVEN:
             pb_q0 += (NW * SSK // BLK * WB) * N
             pb_q1 += (NW * SSK // BLK * WB) * N
@@ -372,8 +405,13 @@ def _uniform_gemv_kernel(
     # one reduction after the loop: warps, then the (c, e) columns of each output row
     yh0 = tl.sum(tl.join(y0, y1), axis=1)  # [R, 8, 4, 2]: column 2c + e of MMA row g
     yh1 = tl.sum(tl.join(y2, y3), axis=1)
-    yh0 = tl.sum(tl.reshape(yh0, [R, 8, BLOCK_M, GP]), axis=3)
-    yh1 = tl.sum(tl.reshape(yh1, [R, 8, BLOCK_M, GP]), axis=3)
+    yh0 = tl.sum(tl.reshape(yh0, [R, 8, BMH, GP]), axis=3)
+    yh1 = tl.sum(tl.reshape(yh1, [R, 8, BMH, GP]), axis=3)
+    if NH == 2:  # x rows 8..15 (GP = 1: no slot sum)
+        yh0 = tl.join(yh0, tl.reshape(tl.sum(tl.join(y4, y5), axis=1), [R, 8, BMH]))
+        yh1 = tl.join(yh1, tl.reshape(tl.sum(tl.join(y6, y7), axis=1), [R, 8, BMH]))
+        yh0 = tl.reshape(tl.permute(yh0, [0, 1, 3, 2]), [R, 8, BLOCK_M])
+        yh1 = tl.reshape(tl.permute(yh1, [0, 1, 3, 2]), [R, 8, BLOCK_M])
     y = tl.join(yh0, yh1)  # [R, 8 (g), BLOCK_M, 2 (h)]
     rb = tl.arange(0, R)[:, None, None, None]
     gg = tl.arange(0, 8)[None, :, None, None]
@@ -452,9 +490,8 @@ def _uniform_gemm_kernel(
     """Large-M y = x W^T on tensor cores with the weight tile dequantized inside the K loop.
 
     PAIRS (fp16/bf16 x, fields that fit the mantissa): the tile is decoded two codes per op
-    (fragments.decode_pair), arranged in code order (3 bits: pair order, with x read in the same
-    order), and dequantized in the activation type as (f - (base + z)) * s: exact integers, then
-    one rounding. Otherwise (fp32 x, bf16 int8): codes element-wise, fp32 math, then the dot in
+    (fragments.decode_pair), arranged in code order and dequantized in the activation type as
+    (f - (base + z)) * s: exact integers, then one rounding. Otherwise (fp32 x, bf16 int8): codes element-wise, fp32 math, then the dot in
     x's type (fp32: exact input_precision="ieee"). A K tile lies in one group. Grid (tiles, split_k)
     in GROUP_M-row bands so consecutive programs share weight columns and x rows in L2.
     """
@@ -480,15 +517,7 @@ def _uniform_gemm_kernel(
     P: tl.constexpr = BLK // 2
     NBLK: tl.constexpr = BLOCK_K // BLK
     BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
-    rk = tl.arange(0, BLOCK_K)
-    if PAIRS and BITS == 3:
-        # tile row p = 32 * block + 2 * J + half holds code pair_lo/hi(J): read x in that order
-        pj = (rk % 32) // 2
-        ph = rk % 2
-        klo = tl.where(pj == 15, 30, 10 * (pj // 5) + pj % 5)
-        kperm = (rk // 32) * 32 + klo + tl.where(pj == 15, ph, 5 * ph)
-    else:
-        kperm = rk
+    kperm = tl.arange(0, BLOCK_K)
     rblk = tl.arange(0, NBLK)
     z0 = runtime_zero()
     if PAIRS:
@@ -533,10 +562,10 @@ def _uniform_gemm_kernel(
 @triton.jit
 def _to_code_order(w, BITS: tl.constexpr, NBLK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The dequantized pairs w [NBLK, BN, BLK] (in-block index: pair bits low first, then half) as the
-    weight tile [BLOCK_K, BLOCK_N] in code order (3 bits: pair order 2 * J + half)."""
+    weight tile [BLOCK_K, BLOCK_N] in code order."""
     BLK: tl.constexpr = BLOCK_K // NBLK
     if BITS == 3:
-        # in-block index ((J0 J1 J2 J3), half) -> 2 * J + half
+        # in-block index ((J0 J1 J2 J3), half) -> code 2 * J + half
         t = tl.reshape(w, [NBLK, BLOCK_N, 2, 2, 2, 2, 2])
         t = tl.permute(t, [0, 1, 5, 4, 3, 2, 6])
     elif BITS == 8:

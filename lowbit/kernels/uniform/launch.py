@@ -88,13 +88,13 @@ def _uniform_linear_fake(x, qweight, scales, zeros, bias, bits, group_size, symm
 class UniformFamily(KernelFamily):
     """int1..int8 with group-wise scales/zeros: GEMV for M <= gemv_max_m, tensor-core GEMM above.
 
-    gemv_max_m = 8: the tensor-core GEMV serves up to 8 rows of x per program (its MMA has 8
-    columns), streaming the weight once.
+    gemv_max_m = 16: the tensor-core GEMV serves up to 16 rows of x per program (two MMAs of 8
+    columns), streaming the weight once; beyond that the GEMM's larger tiles win.
     """
 
     name = "uniform"
     schemes = frozenset(UNIFORM_SCHEMES)
-    gemv_max_m = 8
+    gemv_max_m = 16
     configs = cfgs
 
     def forward(self, x2d, qw, bias, path, config):
@@ -123,13 +123,14 @@ class UniformFamily(KernelFamily):
         """Large tiles for the CPU interpreter; the tensor-core GEMV keeps its own geometry (one warp,
         8 MMA row blocks, the largest virtual group the group size allows)."""
         if path is KernelPath.GEMV and cfgs.mma_gemv(qw.bits, dtype):
-            bm = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8
-            for bk in sorted(cfgs.GEMV_BLOCK_K, reverse=True):
-                for bn in (128, 64, 32):
-                    cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=1, group_m=1, num_warps=2,
-                                       num_stages=1)
-                    if cfgs.spec_problem(path, cfg, qw.spec, dtype) is None:
-                        return cfg
+            want = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8 if m <= 8 else 16
+            for bm in [b for b in reversed(cfgs.GEMV_BLOCK_M) if b <= want]:
+                for bk in sorted(cfgs.GEMV_BLOCK_K, reverse=True):
+                    for bn in (128, 64, 32):
+                        cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=1, group_m=1, num_warps=2,
+                                           num_stages=1)
+                        if cfgs.spec_problem(path, cfg, qw.spec, dtype) is None:
+                            return cfg
         return super().interpreter_config(path, m, qw, dtype)
 
     def aot_cases(self):
