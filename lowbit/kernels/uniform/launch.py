@@ -120,14 +120,15 @@ class UniformFamily(KernelFamily):
         return cfgs.spec_problem(path, cfg, qw.spec, torch.float32) is None
 
     def interpreter_config(self, path, m, qw, dtype):
-        """Large tiles for the CPU interpreter; the tensor-core GEMV keeps its own geometry (one warp,
-        8 MMA row blocks, the largest virtual group the group size allows)."""
+        """Large tiles for the CPU interpreter; the tensor-core GEMV keeps its own geometry (8 warps: the
+        interpreter runs their super-steps as one tensor op; 8 MMA row blocks where they fit; the largest
+        virtual group the group size allows)."""
         if path is KernelPath.GEMV and cfgs.mma_gemv(qw.bits, dtype):
             want = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8 if m <= 8 else 16
             for bm in [b for b in reversed(cfgs.GEMV_BLOCK_M) if b <= want]:
                 for bk in sorted(cfgs.GEMV_BLOCK_K, reverse=True):
                     for bn in (128, 64, 32):
-                        cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=1, group_m=1, num_warps=2,
+                        cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=1, group_m=1, num_warps=8,
                                            num_stages=1)
                         if cfgs.spec_problem(path, cfg, qw.spec, dtype) is None:
                             return cfg
