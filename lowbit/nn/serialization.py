@@ -3,7 +3,9 @@
 The file holds the model's whole state dict (packed tensors of every QuantLinear plus the
 float tensors of the other modules; tied tensors are stored once). Its string metadata has:
 
-- ``format`` = "lowbit.quantized" and ``format_version`` = "1";
+- ``format`` = "lowbit.quantized" and ``format_version`` = "2" (version 1 files are read too:
+  they packed 3-bit codes 10 per word, and their int3/lut3/sq3 code tensors are converted to
+  the exact 3-bit layout on load);
 - ``layers``: JSON {layer name: {scheme, options, shape [N, K], bias, tensors, shared_with}};
 - ``tensors``: JSON {key: {sha256, dtype, shape}} for every stored tensor;
 - ``aliases``: JSON {key: stored key} for tensors that share storage (tied weights);
@@ -28,7 +30,8 @@ from .linear import Backend, QuantLinear
 from .swap import set_submodule
 
 FORMAT_NAME = "lowbit.quantized"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: 3-bit codes 10 per word (converted on load)
 _HINT = "pip install safetensors (or: pip install 'lowbit[io]')"
 
 
@@ -134,9 +137,11 @@ def _check_header(meta: dict[str, str], path: str) -> None:
         raise ValueError(f"{path} is not a lowbit quantized file (metadata 'format' is {meta.get('format')!r}, "
                          f"expected {FORMAT_NAME!r}); write one with lowbit.save_quantized")
     version = meta.get("format_version")
-    if version != str(FORMAT_VERSION):
-        raise ValueError(f"{path} has lowbit format version {version!r}, but this lowbit reads version "
-                         f"{FORMAT_VERSION} only (written by lowbit {meta.get('lowbit_version', '?')})")
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        raise ValueError(f"{path} has lowbit format version {version!r}, but this lowbit reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} only (written by lowbit "
+                         f"{meta.get('lowbit_version', '?')}); re-save it with the lowbit that wrote it "
+                         "(load_quantized, then save_quantized) or quantize the model again")
     if meta.get("digest") != metadata_digest(meta):
         raise ValueError(f"{path}: metadata digest mismatch: the file's metadata was edited or corrupted")
 
@@ -211,6 +216,33 @@ def _build_layer(fqn: str, rec: dict, model: nn.Module, tensors: dict[str, torch
     return QuantLinear(qw, bias, backend=backend)
 
 
+def _convert_v1(layers: dict, tensors: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """Version-1 files packed 3-bit codes 10 per int32 word: repack every 3-bit layer's codes into
+    the exact 3-bit layout (32 codes in 3 words). Other tensors are unchanged."""
+    from ..formats import code_bits
+    from ..reference.packing import pack_codes, unpack_codes_v1
+
+    out = dict(tensors)
+    done: dict[int, torch.Tensor] = {}  # tied layers share one stored tensor: convert it once
+    for fqn, rec in layers.items():
+        try:
+            bits = code_bits(Scheme.parse(rec["scheme"]))
+            k = int(rec["shape"][1])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record: {type(e).__name__}: {e}") from None
+        key = f"{fqn}.qweight"
+        if bits != 3 or key not in tensors:
+            continue
+        old = tensors[key]
+        if id(old) not in done:
+            try:
+                done[id(old)] = pack_codes(unpack_codes_v1(old, k), 3)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: layer {fqn!r}: cannot read its version-1 3-bit codes: {e}") from None
+        out[key] = done[id(old)]
+    return out
+
+
 @dataclass
 class StoredModel:
     """A verified file from save_quantized: its layer records and every tensor (aliases resolved)."""
@@ -240,6 +272,8 @@ def read_file(path: str | os.PathLike) -> StoredModel:
     for fqn, rec in layers.items():
         if not isinstance(rec, dict):
             raise ValueError(f"{path}: layer {fqn!r} has a bad metadata record")
+    if meta.get("format_version") == "1":
+        tensors = _convert_v1(layers, tensors, path)
     return StoredModel(path, layers, tensors)
 
 

@@ -79,12 +79,12 @@ def _gemv_case_configs():
     for bits, gs in ((4, 128), (3, 128), (2, 128), (1, 128), (8, 128), (4, 64), (4, 32)):
         for bm in cfgs.GEMV_BLOCK_M:
             spec = UniformSpec(bits, gs if bm < 8 or bits in (2, 4, 8) else -1, i % 3 == 1)
-            bn = 128 if bits in (1, 2) else 64
+            dtype = torch.bfloat16 if (i % 4 == 3 and bits != 8) else torch.float16
+            bn = 128 if bits in (1, 2) and dtype == torch.float16 else 64
             for bk in (128, 64, 32):
                 cfg = KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=1, group_m=1,
                                    num_warps=(8, 4, 2)[i % 3], num_stages=1)
-                if cfgs.spec_problem(KernelPath.GEMV, cfg, spec) is None:
-                    dtype = torch.bfloat16 if (i % 4 == 3 and bits != 8) else torch.float16
+                if cfgs.spec_problem(KernelPath.GEMV, cfg, spec, dtype) is None:
                     out.append((cfg, dtype, spec))
                     i += 1
                     break

@@ -28,7 +28,7 @@ GEMV_SPLIT_K = (1, 2, 4, 8, 16)
 GEMV_REGS_WORDS = 32  # words in flight per thread per iteration / 2 (streams x words per block x row blocks)
 
 # CUDA-core GEMV tiles (BLOCK_M, BLOCK_N, BLOCK_K), 4 warps, fp32 math.
-FMA_TILES = ((1, 128, 32), (1, 128, 64), (2, 128, 32), (4, 128, 32), (8, 128, 32))
+FMA_TILES = ((1, 128, 32), (1, 128, 64), (2, 128, 32), (4, 128, 32), (8, 64, 32))
 FMA_WARPS = 4
 
 # GEMM tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K = 32 variants serve group 32.
@@ -172,6 +172,9 @@ def spec_problem(path: KernelPath, cfg: KernelConfig, spec: UniformSpec,
         problem = gemv_geometry(spec.bits, cfg).problem()
         if problem:
             return problem
+        if dtype == torch.bfloat16 and spec.bits <= 2 and cfg.block_n > 64:
+            return (f"block_n={cfg.block_n} with bf16 x and {spec.bits}-bit codes (bf16 decodes need more shift "
+                    "windows; 8 row blocks spill)")
         if gs != -1 and gs % cfg.block_k:
             return f"block_k={cfg.block_k} does not divide group_size={gs} (a virtual group lies in one group)"
         return None
@@ -289,7 +292,7 @@ def gemv_heuristic(m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) ->
 
 def _gemv_tile(bm: int, m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) -> KernelConfig | None:
     spec: UniformSpec = qw.spec
-    bn = 128 if spec.bits in (1, 2) and bm < 16 else 64
+    bn = 128 if spec.bits in (1, 2) and bm < 16 and dtype != torch.bfloat16 else 64
     best = None
     for bk in sorted(GEMV_BLOCK_K, reverse=True):
         for nw in (8, 4, 2):
