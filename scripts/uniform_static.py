@@ -92,7 +92,7 @@ def main(argv=None):
         scheme, opts = VARIANTS[label]
         for m in ms:
             cfg, ipw, est = measure(scheme, opts, m, verbose=a.v)
-            print(f"{label:16} {m:5d} {cfg.label():32} {ipw if ipw is not None else float('nan'):8.2f} "
+            print(f"{label:16} {m:5d} {cfg.label():32} {ipw if ipw is not None else float('nan'):8.3f} "
                   f"{est.time_s * 1e6:8.2f} {est.pct_memory_roofline:10.1f} {est.speedup_vs_fp16:8.2f}", flush=True)
 
 
