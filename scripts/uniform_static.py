@@ -64,7 +64,8 @@ def measure(scheme, opts, m, n=8192, k=8192, dtype=torch.float16, hw=sm.H200, ve
                                       ctas=plan.ctas, per_cta_instructions=per_cta))
             continue
         if plan.inner_trips is not None:
-            rep = analyze(sass, kernel_name=None if sass.count("Function :") == 1 else name, inner_trips=plan.inner_trips)
+            rep = analyze(sass, kernel_name=None if sass.count("Function :") == 1 else name,
+                          inner_trips=plan.inner_trips)
         launches.append(sm.Launch.from_loop(rep, name=plan.label, bytes_moved=plan.hbm_bytes,
                                             threads_per_cta=plan.threads_per_cta, ctas=plan.ctas,
                                             iterations=plan.loop_trips))

@@ -8,8 +8,10 @@ exponent bits of MAGIC, so each half *is* the fp16 (or bf16) number ``base + cod
 (``base = 2^(mantissa bits - field position)``). Pair ``J`` of a block holds codes
 (:func:`pair_lo`, :func:`pair_hi`): for 1/2/4/8 bits codes i and i + 16 / bits of one word,
 for 3 bits codes 2J and 2J + 1 (the layout puts a pair's fields side by side in the two halves;
-codes 30/31 are gathered from the three words' top bits). ``SH`` is shared by the pairs of one shift window, so a word costs (fields / 2) ops plus
-one shift per window beyond the first.
+codes 30/31 are gathered from the three words' top bits). ``SH`` is shared by the pairs of one
+shift window, so a word costs (fields / 2) ops plus one shift per window beyond the first. A
+window holds a power-of-two number of fields, so every window uses the same field positions and
+a block has few distinct bases.
 
 Tensor-core step. ``mma.sync.m16n8k16`` with fp32 accumulation, one instance per element of
 the fragment tensors: every fragment tensor has shape ``[L, NW, 8, 4]`` = (register repeat,

@@ -1,21 +1,22 @@
 """Triton kernels of the uniform family (int1/int2/int3/int4/int8, W = (q - z) * s).
 
 All read the shared packing (lowbit/reference/packing.py): codes along K in int32 words stored
-[Kw, N], N contiguous, in blocks of 32 // bits codes (one word; int8: two words) or of 32 codes
-in 3 words (int3); scales/zeros [G, N].
+[Kw, N], N contiguous, 32 // bits codes per word, or 32 codes in 3 words for int3; scales and
+zeros [G, N]. The kernels walk it in blocks of whole words (see configs.block_of/gemv_block).
 
-- :func:`_uniform_gemv_kernel` (small M, fp16/bf16 x): tensor cores at M = 1. The weight is the
+- :func:`_uniform_gemv_kernel` (M <= 16, fp16/bf16 x): tensor cores at M = 1. The weight is the
   A operand of ``mma.m16n8k16``, decoded straight from the loaded words into A fragments (two
   codes per 32-bit logic op, fragments.py), so nothing goes through shared memory and there is no
-  barrier in the loop. x is the B operand; its 8 columns hold BLOCK_M rows x (8 // BLOCK_M)
-  *slots*: pair position p of the MMA's K belongs to slot p % GP and column j to slot j % GP, and
-  B is zero where they differ, so one accumulator column collects one virtual group of BLOCK_K
-  codes and the scale/zero epilogue runs once per GP groups. A second MMA with constant A rows
-  (ones; the magic bases) gives the same columns' sums of x and of base * x, which remove the
-  magic offset and the zero point there: y += s * (D - C - z * S). The warps of a CTA split K;
-  the only cross-lane and cross-warp reduction is after the loop.
-- :func:`_uniform_gemm_kernel` (large M, and small M with fp32 x): the weight tile is decoded in
-  the K loop (pairs, then (f - base - z) * s in the activation type) and fed to ``tl.dot``.
+  barrier in the loop. x is the B operand; the 8 columns of an MMA hold (rows of x) x (slots):
+  pair position p of the MMA's K belongs to slot p % GP and column j to slot j % GP (GP = 8 / rows),
+  and B is zero where they differ, so one accumulator column collects one virtual group of BLOCK_K
+  codes and the scale/zero epilogue runs once per GP groups (16 rows of x: two MMAs per step share
+  the decode). A second MMA with constant A rows (ones; the magic bases) gives the same columns'
+  sums of x and of base * x, which remove the magic offset and the zero point there:
+  y += s * (D - C - z * S). The warps of a CTA split K; the only cross-lane and cross-warp
+  reduction is after the loop.
+- :func:`_uniform_gemm_kernel` (M > 16): the weight tile is decoded in the K loop (pairs, then
+  (f - base - z) * s in the activation type; fp32 x: element-wise, fp32) and fed to ``tl.dot``.
 - :func:`_uniform_gemv_fma_kernel` (small M where the MMA decode does not apply: fp32 x, bf16
   int8): fp32 CUDA-core math, codes read element-wise.
 - :func:`_uniform_reduce_kernel`: fixed-order split-K sum.
@@ -462,21 +463,22 @@ def _uniform_gemv_fma_kernel(
 
 # -- large M on tensor cores -------------------------------------------------------------------------
 @triton.jit
+def _pairs4(w0, w1, w2, J0: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, zero):
+    """Pairs J0 .. J0 + 3 as int32 [..., 2, 2] (pair-index bits 0, 1)."""
+    return tl.join(tl.join(decode_pair(w0, w1, w2, w0, J0, BITS, BF16, zero),
+                           decode_pair(w0, w1, w2, w0, J0 + 1, BITS, BF16, zero)),
+                   tl.join(decode_pair(w0, w1, w2, w0, J0 + 2, BITS, BF16, zero),
+                           decode_pair(w0, w1, w2, w0, J0 + 3, BITS, BF16, zero)))
+
+
+@triton.jit
 def _pair_tile(w0, w1, w2, P: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, zero):
-    w3 = w0
     """All P pairs of the blocks as int32 [NBLK, BLOCK_N, 2, ..., 2] (log2(P) pair-index bits, low bit first)."""
-    t = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 0, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 1, BITS, BF16, zero)),
-                tl.join(decode_pair(w0, w1, w2, w3, 2, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 3, BITS, BF16, zero)))
+    t = _pairs4(w0, w1, w2, 0, BITS, BF16, zero)
     if P >= 8:
-        u = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 4, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 5, BITS, BF16, zero)),
-                    tl.join(decode_pair(w0, w1, w2, w3, 6, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 7, BITS, BF16, zero)))
-        t = tl.join(t, u)
+        t = tl.join(t, _pairs4(w0, w1, w2, 4, BITS, BF16, zero))
     if P == 16:
-        u = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 8, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 9, BITS, BF16, zero)),
-                    tl.join(decode_pair(w0, w1, w2, w3, 10, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 11, BITS, BF16, zero)))
-        u2 = tl.join(tl.join(decode_pair(w0, w1, w2, w3, 12, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 13, BITS, BF16, zero)),
-                     tl.join(decode_pair(w0, w1, w2, w3, 14, BITS, BF16, zero), decode_pair(w0, w1, w2, w3, 15, BITS, BF16, zero)))
-        t = tl.join(t, tl.join(u, u2))
+        t = tl.join(t, tl.join(_pairs4(w0, w1, w2, 8, BITS, BF16, zero), _pairs4(w0, w1, w2, 12, BITS, BF16, zero)))
     return t
 
 
