@@ -53,8 +53,8 @@ def _cases():
                               HAS_BIAS=True, ATOMIC=atomic, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=bk)
                 sig.update({c: "constexpr" for c in consts})
                 yield AotCase("lut", _lut_gemv_kernel, sig, consts, cfg, f"gemv {label} {x_dt} {cfg.label()}")
-            gemm_cfgs = [cfgs.gemm_heuristic(33, dt)] if dt is torch.float32 else [
-                cfgs.gemm_heuristic(16, dt), cfgs.gemm_heuristic(4096, dt)]
+            gemm_cfgs = [cfgs.gemm_heuristic(33, dt, bits)] if dt is torch.float32 else [
+                cfgs.gemm_heuristic(16, dt, bits), cfgs.gemm_heuristic(4096, dt, bits)]
             if sq and dt is torch.bfloat16:
                 gemm_cfgs = []
             for cfg in gemm_cfgs:

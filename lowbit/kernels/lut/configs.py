@@ -53,7 +53,7 @@ def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfi
     sl = slots(bits)
     bm = min(triton.next_power_of_2(max(m, 1)), 8)
     bn = 64 if n >= 64 * 32 else 32
-    bk = max(sl, 128 // bm)
+    bk = max(sl, (64 if bits == 3 else 128) // bm)  # 3-bit codes read three words each: half the slots
     if group:
         bk = max(sl, min(bk, group))
     steps = triton.cdiv(units(k, bits), bk // sl)
@@ -64,19 +64,20 @@ def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfi
     return KernelConfig(bm, bn, bk, split, 1, 4, 2)
 
 
-def gemm_heuristic(m: int, dtype: torch.dtype) -> KernelConfig:
-    """Tensor-core tiles growing with M; fp32 (ieee FMA dots) uses small tiles to avoid spills."""
+def gemm_heuristic(m: int, dtype: torch.dtype, bits: int = 4) -> KernelConfig:
+    """Tensor-core tiles growing with M; fp32 (ieee FMA dots) uses small tiles to avoid spills; 3-bit
+    codes (three word reads each) take 32-deep tiles at small M."""
     if dtype == torch.float32:
         return KernelConfig(16, 64, 16, 1, 8, 4, 2) if m <= 16 else KernelConfig(32, 32, 16, 1, 8, 4, 2)
     if m <= 32:
-        return KernelConfig(16 if m <= 16 else 32, 64, 64, 1, 8, 4, 3)
+        return KernelConfig(16 if m <= 16 else 32, 64, 32 if bits == 3 else 64, 1, 8, 4, 3)
     return KernelConfig(64 if m <= 64 else 128, 128, 32, 1, 8, 8, 3)
 
 
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
         return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw))
-    return gemm_heuristic(m, dtype)
+    return gemm_heuristic(m, dtype, qw.bits)
 
 
 def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtype) -> list[KernelConfig]:
