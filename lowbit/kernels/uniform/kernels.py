@@ -81,25 +81,26 @@ def _store_result(acc, offs_m, offs_n, M, N, b_ptr, out_ptr, ws_ptr, pid_s, stri
 # -- small M on tensor cores ---------------------------------------------------------------------------
 @triton.jit
 def _ld(p, n_ok, k_ok, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
-    """Weight words at p, masked by the row and K bounds that are not known to hold."""
+    """Weight words at p (read once: evict first), masked by the row and K bounds not known to hold."""
     if EVEN_N:
         if EVEN:
-            return tl.load(p)
-        return tl.load(p, mask=k_ok)
+            return tl.load(p, eviction_policy="evict_first")
+        return tl.load(p, mask=k_ok, eviction_policy="evict_first")
     if EVEN:
-        return tl.load(p, mask=n_ok)
-    return tl.load(p, mask=n_ok & k_ok)
+        return tl.load(p, mask=n_ok, eviction_policy="evict_first")
+    return tl.load(p, mask=n_ok & k_ok, eviction_policy="evict_first")
 
 
 @triton.jit
 def _ldx(p, match, ok, k, K, EVEN: tl.constexpr, ALL_MATCH: tl.constexpr):
-    """The B operand's activations at p: zero for lanes whose column is another slot (match false),
-    and, unless EVEN (every super-step full and inside K), where ok fails or k >= K."""
+    """The B operand's activations at p (re-read by every CTA: kept in cache): zero for lanes whose
+    column is another slot (match false), and, unless EVEN (every super-step full and inside K),
+    where ok fails or k >= K."""
     if EVEN:
         if ALL_MATCH:
-            return tl.load(p)
-        return tl.load(p, mask=match, other=0.0)
-    return tl.load(p, mask=match & ok & (k < K), other=0.0)
+            return tl.load(p, eviction_policy="evict_last")
+        return tl.load(p, mask=match, other=0.0, eviction_policy="evict_last")
+    return tl.load(p, mask=match & ok & (k < K), other=0.0, eviction_policy="evict_last")
 
 
 @triton.jit
