@@ -103,6 +103,23 @@ def step_pair(j, bits, bf16, steps):
 
 
 @triton.constexpr_function
+def base_value(j, bits, bf16):
+    """The number pair j's magic base stands for: 2^(mantissa bits - field bit)."""
+    b = _field(j, bits, bf16)[2]
+    return float(2 ** ((7 if _value(bf16) else 10) - b))
+
+
+@triton.constexpr_function
+def step_ratio(i, bits, bf16, steps):
+    """base_value of step i's pair over that of step i + 1 (1.0 after the last step)."""
+    i, steps = int(_value(i)), int(_value(steps))
+    if i + 1 >= steps:
+        return 1.0
+    return base_value(step_pair(i, bits, bf16, steps), bits, bf16) / base_value(
+        step_pair(i + 1, bits, bf16, steps), bits, bf16)
+
+
+@triton.constexpr_function
 def pair_lo(j, bits):
     """Offset of pair j's low-half code from its block's first code."""
     j, bits = int(_value(j)), int(_value(bits))

@@ -25,7 +25,8 @@ import triton
 import triton.language as tl
 
 from ..jit import add_bias, grouped_tile, store_tile, sum_splits
-from .fragments import decode_pair, mma16816, pair_base, pair_hi, pair_lo, pick, rows_of, runtime_zero, step_pair
+from .fragments import (base_value, decode_pair, mma16816, pair_base, pair_hi, pair_lo, pick, rows_of, runtime_zero,
+                        step_pair, step_ratio)
 
 
 # -- shared helpers ----------------------------------------------------------------------------------
@@ -137,9 +138,16 @@ def _acts(p, match, ok, k, K, XC: tl.constexpr, EVEN: tl.constexpr, ALL_MATCH: t
 @triton.jit
 def _gemv_step(wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3,
                d0, d1, d2, d3, e0, e1, e2, e3, one2, z0, I: tl.constexpr, SPI: tl.constexpr, HALF: tl.constexpr,
-               R: tl.constexpr, NW: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr, USE_ASM: tl.constexpr):
+               HORNER: tl.constexpr, R: tl.constexpr, NW: tl.constexpr, BITS: tl.constexpr, BF16: tl.constexpr,
+               USE_ASM: tl.constexpr):
     """MMA step I of an iteration: decode pair J of side 0's block (J + HALF of side 1's), multiply by
-    the activation pairs, and accumulate the sums of x and base * x of the same columns (e*)."""
+    the activation pairs, and accumulate the same columns' sums of x (e0, e1) and of base * x (e2, e3).
+
+    HORNER (two streams, so both sides' pairs have the same base; steps in order of decreasing
+    base): e2, e3 accumulate x with an all-ones A (one constant operand for every step) and are
+    scaled by the base ratio when the base changes, so after the iteration's last step they hold
+    sum(base * x) / smallest base. Otherwise the A operand carries each step's bases.
+    """
     J: tl.constexpr = step_pair(I, BITS, BF16, SPI)
     J1: tl.constexpr = J + HALF
     a0, a1 = rows_of(decode_pair(wa0, wa1, wa2, wa3, J, BITS, BF16, z0), R)
@@ -149,9 +157,16 @@ def _gemv_step(wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xa0, xa1, xa2, xa3, xb0, 
     b10 = pick(xb0, xb1, xb2, xb3, pair_lo(J1, BITS))[None]
     b11 = pick(xb0, xb1, xb2, xb3, pair_hi(J1, BITS))[None]
     d0, d1, d2, d3 = mma16816(a0, a1, a2, a3, b00, b01, b10, b11, d0, d1, d2, d3, BF16, USE_ASM)
-    base0 = tl.full([1, NW, 8, 4], pair_base(J, BITS, BF16), tl.int32) + z0
-    base1 = tl.full([1, NW, 8, 4], pair_base(J1, BITS, BF16), tl.int32) + z0
-    e0, e1, e2, e3 = mma16816(one2, base0, one2, base1, b00, b01, b10, b11, e0, e1, e2, e3, BF16, USE_ASM)
+    if HORNER:
+        e0, e1, e2, e3 = mma16816(one2, one2, one2, one2, b00, b01, b10, b11, e0, e1, e2, e3, BF16, USE_ASM)
+        RATIO: tl.constexpr = step_ratio(I, BITS, BF16, SPI)
+        if RATIO != 1.0:
+            e2 = e2 * RATIO
+            e3 = e3 * RATIO
+    else:
+        base0 = tl.full([1, NW, 8, 4], pair_base(J, BITS, BF16), tl.int32) + z0
+        base1 = tl.full([1, NW, 8, 4], pair_base(J1, BITS, BF16), tl.int32) + z0
+        e0, e1, e2, e3 = mma16816(one2, base0, one2, base1, b00, b01, b10, b11, e0, e1, e2, e3, BF16, USE_ASM)
     return d0, d1, d2, d3, e0, e1, e2, e3
 
 
@@ -201,6 +216,10 @@ def _uniform_gemv_kernel(
     XC: tl.constexpr = BLK // 8  # 8-value activation chunks per block
     SSK: tl.constexpr = BLOCK_K * GP  # codes per super-step
     HALF: tl.constexpr = 0 if NS == 2 else P // 2
+    BMIN: tl.constexpr = base_value(step_pair(SPI - 1, BITS, BF16, SPI), BITS, BF16)  # smallest base
+    # Horner sums of base * x (see _gemv_step): fewer instructions than rebuilding the sums MMA's
+    # operand per base in the compiled 2-bit loop; for the other widths the SASS is shorter without
+    HORNER: tl.constexpr = NS == 2 and BITS == 2
     ROW_STEP: tl.constexpr = WB * LPS  # word rows a stream advances per iteration
     # with EVEN, the scale rows advance by GSTEP groups per super-step hop when that is a whole number
     GSTEP: tl.constexpr = (NW * GP) // VGG if VGG > 0 else 0
@@ -307,6 +326,8 @@ def _uniform_gemv_kernel(
         e1 = zx
         e2 = zx
         e3 = zx
+        c0 = zx
+        c1 = zx
         d4 = zero
         d5 = zero
         d6 = zero
@@ -346,11 +367,16 @@ def _uniform_gemv_kernel(
             for i in tl.static_range(SPI):
                 d0, d1, d2, d3, e0, e1, e2, e3 = _gemv_step(
                     wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3,
-                    d0, d1, d2, d3, e0, e1, e2, e3, one2, z0, i, SPI, HALF, R, NW, BITS, BF16, USE_ASM)
+                    d0, d1, d2, d3, e0, e1, e2, e3, one2, z0, i, SPI, HALF, HORNER, R, NW, BITS, BF16, USE_ASM)
                 if NH == 2:  # the same A fragments (the decode is shared) against x rows 8..15
                     d4, d5, d6, d7, e4, e5, e6, e7 = _gemv_step(
                         wa0, wa1, wa2, wa3, wb0, wb1, wb2, wb3, xh0, xh1, xh2, xh3, xh0, xh1, xh2, xh3,
-                        d4, d5, d6, d7, e4, e5, e6, e7, one2, z0, i, SPI, HALF, R, NW, BITS, BF16, USE_ASM)
+                        d4, d5, d6, d7, e4, e5, e6, e7, one2, z0, i, SPI, HALF, False, R, NW, BITS, BF16, USE_ASM)
+            if HORNER:  # Horner partial of this iteration (see _gemv_step), in units of the smallest base
+                c0 += BMIN * e2
+                c1 += BMIN * e3
+                e2 = zx
+                e3 = zx
         # epilogue of the super-step: column 2c + e is slot (2c + e) % GP
         if not INC:
             vg0 = (o + qw_) * GP + (2 * qc) % GP  # virtual groups of columns 2c, 2c + 1; VGG per group
@@ -369,6 +395,9 @@ def _uniform_gemv_kernel(
             ok1 = nq_ok & (o + qw_ < ss_end) & (vg1 * BLOCK_K < K)
         s00, s01 = rows_of(_ld(s_ptr + (go0 + n_q), ok0, ok0, EVEN and EVEN_N, EVEN).to(tl.float32), R)
         s10, s11 = rows_of(_ld(s_ptr + (go1 + n_q), ok1, ok1, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+        if HORNER:  # sums of base * x: the Horner accumulators
+            e2 = c0
+            e3 = c1
         if HAS_ZEROS:
             z00, z01 = rows_of(_ld(z_ptr + (go0 + n_q), ok0, ok0, EVEN and EVEN_N, EVEN).to(tl.float32), R)
             z10, z11 = rows_of(_ld(z_ptr + (go1 + n_q), ok1, ok1, EVEN and EVEN_N, EVEN).to(tl.float32), R)

@@ -72,6 +72,7 @@ _LINEAR = [
     (1, 128, False, GEMV, 1, F16, True), (1, 32, True, GEMV, 3, F32, False), (1, 64, False, GEMV, 16, F16, False),
     (1, -1, False, GEMM, 33, F16, False), (1, 64, True, GEMM, 64, F32, True),
     (2, 64, False, GEMV, 2, F32, True), (2, -1, True, GEMV, 7, F16, False), (2, 128, False, GEMV, 1, BF16, True),
+    (2, 64, True, GEMV, 1, F16, False),
     (2, 32, False, GEMM, 64, F16, True), (2, 128, True, GEMM, 100, F32, False),
     (3, 32, False, GEMV, 1, F16, False), (3, 128, True, GEMV, 16, F32, True), (3, 64, False, GEMV, 3, BF16, False),
     (3, -1, True, GEMV, 13, F16, True),
