@@ -94,14 +94,14 @@ def _ld(p, n_ok, k_ok, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
 
 @triton.jit
 def _ldx(p, match, ok, k, K, EVEN: tl.constexpr, ALL_MATCH: tl.constexpr):
-    """The B operand's activations at p (re-read by every CTA: kept in cache): zero for lanes whose
-    column is another slot (match false), and, unless EVEN (every super-step full and inside K),
-    where ok fails or k >= K."""
+    """The B operand's activations at p: zero for lanes whose column is another slot (match false),
+    and, unless EVEN (every super-step full and inside K), where ok fails or k >= K. (An evict-last
+    hint here cost instructions in the compiled M = 16 loop, so x takes the default policy.)"""
     if EVEN:
         if ALL_MATCH:
-            return tl.load(p, eviction_policy="evict_last")
-        return tl.load(p, mask=match, other=0.0, eviction_policy="evict_last")
-    return tl.load(p, mask=match & ok & (k < K), other=0.0, eviction_policy="evict_last")
+            return tl.load(p)
+        return tl.load(p, mask=match, other=0.0)
+    return tl.load(p, mask=match & ok & (k < K), other=0.0)
 
 
 @triton.jit
