@@ -79,18 +79,28 @@ def code_bits(scheme: Scheme) -> int:
     return _BITS[Scheme.parse(scheme)]
 
 
-def values_per_word(bits: int) -> int:
-    """Codes packed into one int32 word: 32 // bits, except 3-bit codes, 10 per word (30 bits used)."""
+def code_block(bits: int) -> tuple[int, int]:
+    """(codes, int32 words) of one packing block along K: 32 // bits codes in one word for 1/2/4/8 bits;
+    32 codes in 3 words for 3 bits (exactly 3.0 bits per code, see lowbit/reference/packing.py)."""
     if bits == 3:
-        return 10
+        return 32, 3
     if bits not in (1, 2, 4, 8):
         raise ValueError(f"no packing for {bits}-bit codes")
-    return 32 // bits
+    return 32 // bits, 1
+
+
+def values_per_word(bits: int) -> int:
+    """Codes packed into one int32 word: 32 // bits for 1/2/4/8 bits. 3-bit codes have no per-word
+    count (32 codes share 3 words); use :func:`code_block`."""
+    if bits == 3:
+        raise ValueError("3-bit codes pack 32 per 3 words (no whole number per word); use code_block(3)")
+    return code_block(bits)[0]
 
 
 def packed_words(k: int, bits: int) -> int:
-    """Number of int32 words along K that hold `k` codes of `bits` bits."""
-    return -(-k // values_per_word(bits))
+    """Number of int32 words along K that hold `k` codes of `bits` bits (the last block zero-padded)."""
+    codes, words = code_block(bits)
+    return -(-k // codes) * words
 
 
 @dataclass(frozen=True)

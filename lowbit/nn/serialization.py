@@ -3,7 +3,9 @@
 The file holds the model's whole state dict (packed tensors of every QuantLinear plus the
 float tensors of the other modules; tied tensors are stored once). Its string metadata has:
 
-- ``format`` = "lowbit.quantized" and ``format_version`` = "2";
+- ``format`` = "lowbit.quantized" and ``format_version`` = "2" (version-1 files are read too and
+  converted on load: they packed 3-bit codes 10 per word and ternary/binary codes along K, and
+  hashed tensor bytes only);
 - ``layers``: JSON {layer name: {scheme, options, shape [N, K], bias, tensors, shared_with}};
 - ``tensors``: JSON {key: {sha256, dtype, shape}} for every stored tensor; the sha256 covers the
   tensor's dtype and shape as well as its bytes (version 1 hashed the bytes only);
@@ -152,9 +154,9 @@ def _check_header(meta: dict[str, str], path: str) -> None:
     version = meta.get("format_version")
     if version not in {str(v) for v in READABLE_VERSIONS}:
         raise ValueError(f"{path} has lowbit format version {version!r}, but this lowbit reads versions "
-                         f"{', '.join(map(str, READABLE_VERSIONS))} (written by lowbit "
-                         f"{meta.get('lowbit_version', '?')}); re-save it with the lowbit that wrote it, or "
-                         "re-quantize")
+                         f"{', '.join(map(str, READABLE_VERSIONS))} only (written by lowbit "
+                         f"{meta.get('lowbit_version', '?')}); re-save it with the lowbit that wrote it "
+                         "(load_quantized, then save_quantized) or quantize the model again")
     if meta.get("digest") != metadata_digest(meta):
         raise ValueError(f"{path}: metadata digest mismatch: the file's metadata was edited or corrupted")
 

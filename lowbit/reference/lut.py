@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..formats import LUTSpec
-from .packing import pack_codes, unpack_codes
+from .packing import convert_v1_codes, pack_codes, unpack_codes
 
 FP16_MAX = 65504.0  # tables and outliers are stored in fp16
 
@@ -191,3 +191,8 @@ def sparse_part(qw, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 def dequantize(qw, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (dense_part(qw) + sparse_part(qw)).to(dtype)
+
+
+def convert_legacy(tensors: dict[str, torch.Tensor], spec: LUTSpec, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Tensors of a layer saved by format version 1 -> this version's layout (3-bit codes are re-packed)."""
+    return convert_v1_codes(tensors, spec.bits, shape[1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..formats import UniformSpec
-from .packing import pack_codes, unpack_codes
+from .packing import convert_v1_codes, pack_codes, unpack_codes
 
 FP16_MAX = 65504.0
 FP16_TINY = 2.0 ** -14  # smallest normal fp16
@@ -75,3 +75,8 @@ def dequantize(qw, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     z = (torch.tensor(spec.symmetric_zero, dtype=torch.float64) if spec.symmetric
          else qw["zeros"].t().to(torch.float64).unsqueeze(-1))
     return ((q - z) * s).reshape(n, k).to(dtype)
+
+
+def convert_legacy(tensors: dict[str, torch.Tensor], spec: UniformSpec, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Tensors of a layer saved by format version 1 -> this version's layout (3-bit codes are re-packed)."""
+    return convert_v1_codes(tensors, spec.bits, shape[1])

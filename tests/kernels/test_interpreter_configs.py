@@ -27,7 +27,7 @@ _LUT = {torch.float16: {p: 2e-3 for p in KernelPath}, torch.float32: {p: 2e-5 fo
 _SIGN = {torch.float16: {p: 1e-3 for p in KernelPath}, torch.float32: {p: 3e-5 for p in KernelPath}}
 SCHEMES = {
     "int4": (uniform.FAMILY, {"group_size": 64}, _UNI),
-    "int3": (uniform.FAMILY, {"group_size": 64}, _UNI),  # 3-bit tiles may straddle two groups
+    "int3": (uniform.FAMILY, {"group_size": 64}, _UNI),  # 3-bit: 32 codes in 3 words
     "int2pc": (uniform.FAMILY, {"group_size": -1}, _UNI),  # per channel: BLOCK_K not capped by a group
     "lut4": (lut.FAMILY, {"iters": 3}, _LUT),
     "sq3": (lut.FAMILY, {"iters": 3}, _LUT),  # outliers: GEMV atomic pass, GEMM per-tile fusion
@@ -70,11 +70,12 @@ def test_interpreter_config_runs_and_matches_reference(name, path, dtype):
     assert_close(f"{name} forward", ref, y3.reshape(m, N), bounds[dtype][path])
 
 
-# Tile sizes (block_m, block_n, block_k) the GPU heuristics picked before interpreter configs
-# existed; split-K is left out because it depends on the GPU's SM count.
+# Tile sizes (block_m, block_n, block_k) the GPU heuristics pick; split-K is left out because it
+# depends on the GPU's SM count. The uniform GEMV rows are the tensor-core GEMV's (x rows, weight
+# rows, codes per virtual group) since issue 13.
 GPU_TILES = {
-    ("int4", KernelPath.GEMV): (4, 128, 32), ("int4", KernelPath.GEMM): (64, 128, 64),
-    ("int3", KernelPath.GEMV): (4, 128, 32), ("int3", KernelPath.GEMM): (64, 128, 64),
+    ("int4", KernelPath.GEMV): (4, 64, 64), ("int4", KernelPath.GEMM): (64, 128, 64),
+    ("int3", KernelPath.GEMV): (4, 64, 64), ("int3", KernelPath.GEMM): (64, 128, 64),
     ("lut4", KernelPath.GEMV): (4, 32, 32), ("lut4", KernelPath.GEMM): (64, 128, 32),
     ("nf4", KernelPath.GEMV): (4, 32, 32), ("nf4", KernelPath.GEMM): (64, 128, 32),
     # sign family: block_n counts output rows, 16 lanes (GEMV) or 64 lanes (GEMM) of 4, 8 or 16 rows

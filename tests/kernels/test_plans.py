@@ -57,19 +57,26 @@ def _plans(scheme, m, path=None, dtype=torch.float16, n=N, k=K):
 
 
 def test_int4_decode_plan_known_bytes_and_loop():
-    """M = 1 int4 g128: the split-K GEMV then the reduce; bytes are each touched tensor once."""
-    cfg, (gemv, red) = _plans("int4", 1)
-    split = gemv.grid[1]
-    assert split == cfg.split_k > 1 and gemv.main and not red.main
-    assert (gemv.label, red.label) == ("gemv", "reduce")
-    assert red.hbm_bytes == split * N * 4 + N * 2  # read the fp32 partials, write fp16 y (no bias)
+    """M = 1 int4 g128: one tensor-core GEMV (no split at 8192 columns); bytes are each touched tensor once;
+    a forced split adds the reduce, which reads the fp32 partials and writes fp16 y."""
+    from lowbit.kernels.uniform import configs as UC
+
+    cfg, (gemv,) = _plans("int4", 1)
+    assert gemv.label == "gemv" and gemv.main and gemv.grid[1] == 1
     weights, meta = N * K // 2, 2 * (K // 128) * N * 2  # int4 codes; fp16 scales and zeros
-    assert gemv.hbm_bytes == weights + meta + K * 2 + split * N * 4  # + x, + the partials written
-    assert gemv.weights_per_iteration == cfg.block_n * cfg.block_k  # 4-bit: every lane holds a code
-    assert gemv.loop_trips == K // cfg.block_k / split
-    assert gemv.threads_per_cta == 32 * cfg.num_warps and gemv.ctas == N // cfg.block_n * split
+    assert gemv.hbm_bytes == weights + meta + K * 2 + N * 2  # + x, + y
+    geo = UC.gemv_geometry(4, cfg)
+    assert gemv.weights_per_iteration == cfg.block_n * geo.superstep_codes * cfg.num_warps
+    assert gemv.ctas * gemv.loop_trips * gemv.weights_per_iteration == N * K  # every weight once
+    assert gemv.threads_per_cta == 32 * cfg.num_warps
     assert gemv.case.constexprs["M"] == 1 and "N" in gemv.case.divisible_by_16  # what a JIT launch compiles
-    assert red.case.constexprs["M"] == 1 and red.case.config.num_stages == 3  # the wrapper passes no options
+    qw = QuantizedWeight.empty("int4", (N, K))
+    split = KernelConfig(**{**cfg.to_dict(), "split_k": 4})
+    g, red = family_for("int4").launch_plans(qw, 1, "gemv", torch.float16, split)
+    assert (g.label, red.label) == ("gemv", "reduce") and g.grid[1] == 4 and not red.main
+    assert red.hbm_bytes == 4 * N * 4 + N * 2
+    assert g.hbm_bytes == weights + meta + K * 2 + 4 * N * 4
+    assert red.case.constexprs["M"] == 1
 
 
 @pytest.mark.parametrize("scheme, m, labels", [

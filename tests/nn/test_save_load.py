@@ -273,6 +273,58 @@ def test_version_1_files_still_load(saved, device, ids):
     assert torch.equal(logits(fresh, ids), logits(m, ids))
 
 
+def _pack_v1(codes):
+    """3-bit codes [N, K] in the format-version-1 layout: 10 per int32 word at bit 3i, [ceil(K/10), N]."""
+    n, k = codes.shape
+    words = torch.zeros(n, -(-k // 10), dtype=torch.int64)
+    for i in range(k):
+        words[:, i // 10] |= codes[:, i].to(torch.int64) << (3 * (i % 10))
+    return words.to(torch.int32).t().contiguous()
+
+
+def test_version1_three_bit_file_is_converted(tmp_path, device, ids):
+    """A version-1 file (3-bit codes 10 per word) loads into the exact 3-bit layout, same outputs."""
+    from safetensors.torch import save_file
+
+    a = lowbit.quantize_(tiny_llama(0, device), "int3", group_size=32, backend="reference",
+                         filter_fn=lambda m, n: "mlp" in n)
+    lowbit.quantize_(a, "lut3", iters=3, backend="reference")  # the other layers: 3-bit LUT codes
+    assert {a.get_submodule(n).scheme.value for n in quant_names(a)} == {"int3", "lut3"}
+    path = tmp_path / "v2.safetensors"
+    lowbit.save_quantized(a, path)
+    header, _ = read_header(path)
+    meta = header["__metadata__"]
+    layers = json.loads(meta["layers"])
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        stored = {key: f.get_tensor(key) for key in f.keys()}
+    for fqn in layers:  # rewrite every 3-bit code tensor in the old layout
+        key = f"{fqn}.qweight"
+        if key in stored:
+            k = layers[fqn]["shape"][1]
+            stored[key] = _pack_v1(lowbit.reference.unpack_codes(stored[key], 3, k))
+    old_meta = dict(meta, format_version="1")
+    old_meta["tensors"] = json.dumps({key: {"sha256": S.tensor_sha256(t, version=1),
+                                            "dtype": str(t.dtype).removeprefix("torch."),
+                                            "shape": list(t.shape)} for key, t in stored.items()}, sort_keys=True)
+    old_meta["digest"] = S.metadata_digest(old_meta)
+    v1 = tmp_path / "v1.safetensors"
+    save_file(stored, str(v1), metadata=old_meta)
+    b = lowbit.load_quantized(tiny_llama(1, device), v1, backend="reference")
+    for name in quant_names(a):
+        assert torch.equal(b.get_submodule(name).qweight, a.get_submodule(name).qweight), name
+    assert torch.equal(logits(b, ids), logits(a, ids))
+    # the same file read as version 2 is refused: its code tensors have the wrong shape
+    bad_meta = dict(old_meta, format_version="2")
+    bad_meta["tensors"] = json.dumps({key: {"sha256": S.tensor_sha256(t, version=2),
+                                            "dtype": str(t.dtype).removeprefix("torch."),
+                                            "shape": list(t.shape)} for key, t in stored.items()}, sort_keys=True)
+    bad_meta["digest"] = S.metadata_digest(bad_meta)
+    save_file(stored, str(v1), metadata=bad_meta)
+    with pytest.raises(ValueError, match="qweight"):
+        lowbit.load_quantized(tiny_llama(1, device), v1, backend="reference")
+
+
 def test_not_a_lowbit_file(tmp_path, device):
     from safetensors.torch import save_file
 

@@ -1,12 +1,11 @@
 """Reference oracle: packing round trips, quantizer error bounds, scheme-specific invariants."""
-import math
 
 import pytest
 import torch
 
 import lowbit
 from lowbit import reference as ref
-from lowbit.formats import Scheme, packed_words, values_per_word
+from lowbit.formats import Scheme, code_block, packed_words, values_per_word
 from lowbit.reference.nf4 import NF4_VALUES
 
 ALL_SCHEMES = [s.value for s in Scheme]
@@ -28,12 +27,46 @@ def test_pack_unpack_bit_exact(bits, k):
     assert torch.equal(ref.unpack_codes(packed, bits, k), q)
 
 
-def test_three_bit_packs_ten_per_word():
-    assert values_per_word(3) == 10
-    q = torch.arange(10).remainder(8).reshape(1, 10)
-    word = int(ref.pack_codes(q, 3)[0, 0]) & 0xFFFFFFFF
-    assert [(word >> (3 * i)) & 7 for i in range(10)] == q[0].tolist()
-    assert word >> 30 == 0
+def test_three_bit_packs_32_codes_in_3_words():
+    """Exactly 3.0 bits per code: code r < 30 of a block is pair J = r // 2, half h = r % 2, a 3-bit
+    field of word J // 5 at bit 3 * (J % 5) + 16 * h; bit j of codes 30 and 31 sits in bits 15 and 31
+    of word j."""
+    assert code_block(3) == (32, 3) and packed_words(32, 3) == 3 and packed_words(33, 3) == 6
+    with pytest.raises(ValueError, match="3 words"):
+        values_per_word(3)
+    q = torch.tensor([[(5 * i + 3) % 8 for i in range(64)]])
+    packed = ref.pack_codes(q, 3)
+    assert packed.shape == (6, 1)
+    for b in range(2):
+        words = [int(packed[3 * b + j, 0]) & 0xFFFFFFFF for j in range(3)]
+        block = q[0, 32 * b:32 * b + 32].tolist()
+        for r in range(30):
+            pair, h = divmod(r, 2)
+            assert (words[pair // 5] >> (3 * (pair % 5) + 16 * h)) & 7 == block[r], (b, r)
+        assert sum(((words[j] >> 15) & 1) << j for j in range(3)) == block[30]
+        assert sum(((words[j] >> 31) & 1) << j for j in range(3)) == block[31]
+
+
+def test_three_bit_pads_the_last_block_with_zero_codes():
+    q = torch.full((2, 40), 7)
+    packed = ref.pack_codes(q, 3)
+    assert packed.shape == (6, 2)
+    full = ref.unpack_codes(packed, 3, 64)  # the padding codes read back as zeros
+    assert torch.equal(full[:, :40], q) and not full[:, 40:].any()
+
+
+def test_version1_three_bit_layout_reads_back():
+    """unpack_codes_v1 reads format-version-1 files (10 codes per word, bits 30-31 unused)."""
+    from lowbit.reference.packing import unpack_codes_v1
+
+    q = torch.randint(0, 8, (5, 23), generator=torch.Generator().manual_seed(3))
+    words = torch.zeros(5, 3, dtype=torch.int64)
+    for i in range(23):
+        words[:, i // 10] |= q[:, i] << (3 * (i % 10))
+    old = words.to(torch.int32).t().contiguous()
+    assert torch.equal(unpack_codes_v1(old, 23), q)
+    with pytest.raises(ValueError, match="version-1"):
+        unpack_codes_v1(old, 40)
 
 
 def test_pack_rejects_out_of_range_codes():
@@ -236,7 +269,7 @@ def test_bits_per_weight_counts_metadata():
     assert lowbit.quantize_weight(w, "nf4").bits_per_weight == pytest.approx(4 + 16 / 64)
     assert lowbit.quantize_weight(w, "ternary").bits_per_weight == pytest.approx(2 + 32 / w.numel())
     lut3 = lowbit.quantize_weight(w, "lut3")
-    assert lut3.bits_per_weight == pytest.approx(math.ceil(256 / 10) * 32 / 256 + 8 * 16 / 256)
+    assert lut3.bits_per_weight == pytest.approx(3 + 8 * 16 / 256)  # exactly 3 bits per code
 
 
 def test_quantize_does_not_mutate_input():

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 import triton
 
-from ...formats import NF4Spec, QuantizedWeight, packed_words, values_per_word
+from ...formats import NF4Spec, QuantizedWeight, code_block, packed_words
 from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem, sm_count
 
 FINISH_BLOCK_N = 128  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns and
@@ -37,14 +37,25 @@ def finish_block_m(m: int) -> int:
     return min(triton.next_power_of_2(max(m, 1)), FINISH_MAX_BLOCK_M)
 
 
+def unit_codes(bits: int) -> int:
+    """Codes in one packed unit along K: a word (32 // bits codes) or, for 3 bits, a block of 32 codes in
+    3 words (lowbit.reference.packing). The kernels walk K in units."""
+    return code_block(bits)[0]
+
+
+def units(k: int, bits: int) -> int:
+    """Packed units along K that hold `k` codes."""
+    return -(-k // unit_codes(bits))
+
+
 def lanes(bits: int) -> int:
-    """Rows per packed word in a K tile: codes per word rounded up to a power of two."""
-    return triton.next_power_of_2(values_per_word(bits))
+    """Rows per packed unit in a K tile: codes per unit rounded up to a power of two."""
+    return triton.next_power_of_2(unit_codes(bits))
 
 
 def tile_span(bits: int, block_k: int) -> int:
     """Inputs k one K tile of `block_k` rows covers."""
-    return max(block_k // lanes(bits), 1) * values_per_word(bits)
+    return max(block_k // lanes(bits), 1) * unit_codes(bits)
 
 
 def scale_group(qw: QuantizedWeight) -> int:
@@ -56,7 +67,7 @@ def scale_group(qw: QuantizedWeight) -> int:
 
 def num_k_tiles(k: int, bits: int, block_k: int) -> int:
     """K tiles of `block_k` rows over K inputs of `bits`-bit codes."""
-    return triton.cdiv(packed_words(k, bits), max(block_k // lanes(bits), 1))
+    return triton.cdiv(units(k, bits), max(block_k // lanes(bits), 1))
 
 
 def decodes_once(path: KernelPath, m: int, bits: int, nf4: bool, sparse: bool) -> bool:

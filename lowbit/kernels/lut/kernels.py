@@ -9,10 +9,11 @@ The packing interface. Only these helpers read packed words: :func:`_load_words`
 the row holds a code); on the host, ``configs.lanes`` / ``configs.tile_span`` / ``configs.num_k_tiles``
 say how many rows, inputs and tiles that is. Everything else sees a K tile as BLOCK_K rows of codes,
 so a new 3-bit packing (exact 3.0 bits per code) replaces these five helpers and those three
-functions. Today's layout (lowbit/reference/packing.py): int32 words ``[Kw, N]``, word ``w`` of
-column ``n`` holds ``k = w*VPW + i`` at bit ``i*BITS``; a tile is KW = BLOCK_K / LANES words, LANES
-= VPW rounded up to a power of two (8 for 4-bit; 16 for 3-bit words of 10 codes, 6 rows masked).
-Each word is loaded once and split into its codes by a broadcast shift.
+functions. The layout (lowbit/reference/packing.py): int32 words ``[Kw, N]`` in packed *units* along K:
+a unit is one word holding ``k = w*VPW + i`` at bit ``i*BITS`` (4-bit: VPW = 8), or, for 3-bit codes,
+a block of 3 words holding 32 codes (exactly 3.0 bits per code, UW = 3 words per unit). A tile is
+KW = BLOCK_K / LANES units, LANES = codes per unit. Each word is loaded once and split into its
+codes by broadcast shifts.
 
 - :func:`_lut_gemv_kernel` (small M, CUDA cores, fp32 FMA). With split-K it writes fp32 partials
   to a workspace ``[split, M, N]``. (M = 1 with fp16 x and 4-bit codes runs the tensor-core GEMV of
@@ -41,42 +42,77 @@ from ..jit import add_bias, grouped_tile, store_tile, sum_splits
 
 # -- the packing interface: the codes of one K tile and the input k of each of its rows ----------
 @triton.jit
-def _load_words(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr):
-    """The [KW, BLOCK_N] int32 words of K tile `t` (zeros when t >= t_end or past the last word).
+def _load_words(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr, UW: tl.constexpr):
+    """The int32 words of K tile `t` as a triple of [KW, BLOCK_N] tiles (zeros when t >= t_end or past the
+    last unit). A tile is KW packed units; a unit is one word (UW = 1: the triple repeats it) or, for
+    3-bit codes, a block of UW = 3 words (word j of each block in the j-th tile).
 
-    `w_ptrs` = qw_ptr + r * N + n for the tile's word rows r < KW; the tile's base row t * KW
-    is added in 64 bits, so Kw * N may pass 2^31.
+    `w_ptrs` = qw_ptr + r * UW * N + n for the tile's unit rows r < KW; the tile's base word row
+    t * KW * UW is added in 64 bits, so Kw * N may pass 2^31.
     """
     wi = t * KW + tl.arange(0, KW)
     ok = (wi < KW_TOTAL) & (wi < t_end * KW)  # vector compares only (the interpreter mistypes scalar ones)
-    return tl.load(w_ptrs + tl.cast(t * KW, tl.int64) * N, mask=tl.broadcast_to(ok[:, None], w_ptrs.shape), other=0)
+    mask = tl.broadcast_to(ok[:, None], w_ptrs.shape)
+    base = w_ptrs + tl.cast(t * KW * UW, tl.int64) * N
+    w0 = tl.load(base, mask=mask, other=0)
+    if UW == 1:
+        return w0, w0, w0
+    else:
+        return w0, tl.load(base + N, mask=mask, other=0), tl.load(base + 2 * N, mask=mask, other=0)
 
 
 @triton.jit
-def _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr):
-    """As _load_words, transposed: [BLOCK_N, KW] (w_ptrs = qw_ptr + r * N + n laid out [BLOCK_N, KW])."""
+def _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW: tl.constexpr, UW: tl.constexpr):
+    """As _load_words, transposed: [BLOCK_N, KW] tiles (w_ptrs = qw_ptr + r * UW * N + n laid out [BLOCK_N, KW])."""
     wi = t * KW + tl.arange(0, KW)
     ok = (wi < KW_TOTAL) & (wi < t_end * KW)
-    return tl.load(w_ptrs + tl.cast(t * KW, tl.int64) * N, mask=tl.broadcast_to(ok[None, :], w_ptrs.shape), other=0)
+    mask = tl.broadcast_to(ok[None, :], w_ptrs.shape)
+    base = w_ptrs + tl.cast(t * KW * UW, tl.int64) * N
+    w0 = tl.load(base, mask=mask, other=0)
+    if UW == 1:
+        return w0, w0, w0
+    else:
+        return w0, tl.load(base + N, mask=mask, other=0), tl.load(base + 2 * N, mask=mask, other=0)
 
 
 @triton.jit
-def _codes_t(words, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
+def _three_bit_codes(w0, w1, w2):
+    """The 32 codes of 3-bit blocks, [..., 32, ...] between the block axis (0) and the column axis (-1), from
+    the block's three words (lowbit.reference.packing: pair J = r // 2 of codes 0..29 in word J // 5 at bit
+    3 (J % 5) + 16 (r % 2); codes 30 and 31 spread over bit 15 / 31 of the three words)."""
+    r = tl.arange(0, 32)
+    shift = (3 * ((r // 2) % 5) + 16 * (r % 2))[None, :, None]
+    j = (r // 10)[None, :, None]
+    a, b, c = w0[:, None, :], w1[:, None, :], w2[:, None, :]
+    field = tl.where(j == 0, a >> shift, tl.where(j == 1, b >> shift, c >> shift)) & 7
+    top = tl.where(r == 30, 15, 31)[None, :, None]
+    spread = ((a >> top) & 1) | (((b >> top) & 1) << 1) | (((c >> top) & 1) << 2)
+    return tl.where((r < 30)[None, :, None], field, spread)
+
+
+@triton.jit
+def _codes_t(w0, w1, w2, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
              BLOCK_N: tl.constexpr):
-    """As _codes, transposed: [BLOCK_N, KW] words -> [BLOCK_N, BLOCK_K] codes (column = word * LANES + lane)."""
-    lane = tl.arange(0, LANES)
-    shift = tl.where(lane < VPW, lane * BITS, 0)
-    q = (words[:, :, None] >> shift[None, None, :]) & ((1 << BITS) - 1)
+    """As _codes, transposed: [BLOCK_N, KW] units -> [BLOCK_N, BLOCK_K] codes (column = unit * LANES + lane)."""
+    if BITS == 3:
+        q = tl.permute(_three_bit_codes(tl.trans(w0), tl.trans(w1), tl.trans(w2)), (2, 0, 1))
+    else:
+        lane = tl.arange(0, LANES)
+        shift = tl.where(lane < VPW, lane * BITS, 0)
+        q = (w0[:, :, None] >> shift[None, None, :]) & ((1 << BITS) - 1)
     return tl.reshape(q, [BLOCK_N, BLOCK_K])
 
 
 @triton.jit
-def _codes(words, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
+def _codes(w0, w1, w2, BITS: tl.constexpr, VPW: tl.constexpr, LANES: tl.constexpr, BLOCK_K: tl.constexpr,
            BLOCK_N: tl.constexpr):
-    """Split [KW, BLOCK_N] words into their codes, [BLOCK_K, BLOCK_N] (row = word * LANES + lane)."""
-    lane = tl.arange(0, LANES)
-    shift = tl.where(lane < VPW, lane * BITS, 0)  # padding lanes of 3-bit words: any valid shift
-    q = (words[:, None, :] >> shift[None, :, None]) & ((1 << BITS) - 1)
+    """Split [KW, BLOCK_N] units into their codes, [BLOCK_K, BLOCK_N] (row = unit * LANES + lane)."""
+    if BITS == 3:
+        q = _three_bit_codes(w0, w1, w2)
+    else:
+        lane = tl.arange(0, LANES)
+        shift = tl.where(lane < VPW, lane * BITS, 0)
+        q = (w0[:, None, :] >> shift[None, :, None]) & ((1 << BITS) - 1)
     return tl.reshape(q, [BLOCK_K, BLOCK_N])
 
 
@@ -126,18 +162,19 @@ def _lut_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_pt
     offs_nc = tl.minimum(offs_n, N - 1)  # clamped: tail columns read valid memory and are not stored
     KW: tl.constexpr = BLOCK_K // LANES
     SPAN: tl.constexpr = KW * VPW
-    w_ptrs = qw_ptr + tl.arange(0, KW)[:, None] * N + offs_nc[None, :]
+    UW: tl.constexpr = 3 if BITS == 3 else 1
+    w_ptrs = qw_ptr + (tl.arange(0, KW) * UW)[:, None] * N + offs_nc[None, :]
     tab_rows = tab_ptr + offs_nc * tab_stride_n
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     t_begin = pid_s * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(KW_TOTAL, KW))
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    words = _load_words(w_ptrs, t_begin, t_end, KW_TOTAL, N, KW)
+    w0, w1, w2 = _load_words(w_ptrs, t_begin, t_end, KW_TOTAL, N, KW, UW)
     for t in range(t_begin, t_end):
         # prefetch the next tile's words so two tiles of weight loads are in flight per program
-        nxt = _load_words(w_ptrs, t + 1, t_end, KW_TOTAL, N, KW)
-        q = _codes(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
-        words = nxt
+        n0, n1, n2 = _load_words(w_ptrs, t + 1, t_end, KW_TOTAL, N, KW, UW)
+        q = _codes(w0, w1, w2, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        w0, w1, w2 = n0, n1, n2
         w = tl.load(tab_rows[None, :] + q).to(tl.float32)
         kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
         xt = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & ((kk < K) & lane_ok)[None, :],
@@ -211,15 +248,16 @@ def _lut_gemm_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_pt
     offs_nc = tl.minimum(offs_n, N - 1)
     KW: tl.constexpr = BLOCK_K // LANES
     SPAN: tl.constexpr = KW * VPW
-    w_ptrs = qw_ptr + tl.arange(0, KW)[None, :] * N + offs_nc[:, None]
+    UW: tl.constexpr = 3 if BITS == 3 else 1
+    w_ptrs = qw_ptr + (tl.arange(0, KW) * UW)[None, :] * N + offs_nc[:, None]
     tab_rows = tab_ptr + offs_nc[:, None] * tab_stride_n
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     t_begin = pid_s * tiles_per_split
     t_end = tl.minimum(t_begin + tiles_per_split, tl.cdiv(KW_TOTAL, KW))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for t in range(t_begin, t_end):
-        words = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW)
-        q = _codes_t(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        w0, w1, w2 = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW, UW)
+        q = _codes_t(w0, w1, w2, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
         kk, lane_ok = _tile_k(t, VPW, LANES, BLOCK_K)
         a = tl.load(x_rows + kk[None, :], mask=m_mask[:, None] & ((kk < K) & lane_ok)[None, :], other=0.0)
         if HAS_SCALE:
@@ -251,14 +289,15 @@ def _lut_dequant_kernel(qw_ptr, tab_ptr, scale_ptr, w_ptr, N, K, KW_TOTAL, tab_s
     offs_nc = tl.minimum(offs_n, N - 1)
     KW: tl.constexpr = BLOCK_K // LANES
     SPAN: tl.constexpr = KW * VPW
-    w_ptrs = qw_ptr + tl.arange(0, KW)[None, :] * N + offs_nc[:, None]
+    UW: tl.constexpr = 3 if BITS == 3 else 1
+    w_ptrs = qw_ptr + (tl.arange(0, KW) * UW)[None, :] * N + offs_nc[:, None]
     tab_rows = tab_ptr + offs_nc[:, None] * tab_stride_n
     out_rows = w_ptr + offs_n.to(tl.int64)[:, None] * K
     t_begin = tl.program_id(1) * tiles_per_prog
     t_end = tl.minimum(t_begin + tiles_per_prog, tl.cdiv(KW_TOTAL, KW))
     for t in range(t_begin, t_end):
-        words = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW)
-        q = _codes_t(words, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
+        w0, w1, w2 = _load_words_t(w_ptrs, t, t_end, KW_TOTAL, N, KW, UW)
+        q = _codes_t(w0, w1, w2, BITS, VPW, LANES, BLOCK_K, BLOCK_N)
         if HAS_SCALE:
             val = tl.load(tab_rows + q).to(tl.float32) * _tile_scale(scale_ptr, t, offs_nc, N, SPAN, GROUP)[:, None]
         else:

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import triton
 
-from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme, values_per_word
+from ...formats import LUT_SCHEMES, QuantizedWeight, Scheme
 from ..base import KernelConfig, KernelFamily, KernelPath, on_interpreter, operands
 from . import configs as cfgs
 from .kernels import (_lut_dense_gemm_kernel, _lut_dequant_kernel, _lut_finish_kernel, _lut_gemm_kernel,
@@ -112,6 +112,7 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     """Launch the kernels of one call: x2d [M, K] . W^T (+ bias) into out [M, N]."""
     m, k = x2d.shape
     kw, n = qweight.shape
+    nu = cfgs.units(k, bits)  # packed units along K: words, or 3-word blocks of 32 3-bit codes
     nf4 = absmax is not None
     table = nf4_table(x2d.device) if nf4 else lut
     scale = absmax if nf4 else qweight  # dummy pointer when HAS_SCALE is off
@@ -128,7 +129,7 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     to_ws = split > 1 or outliers_in_finish
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
     bias_arg = bias if bias is not None else out
-    packing = dict(BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4)
+    packing = dict(BITS=bits, VPW=cfgs.unit_codes(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4)
     launch_opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
     if wps is not None:
@@ -136,7 +137,7 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
         _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bias, out, ws, split, wps, to_ws, cfg)
     elif path is KernelPath.GEMV:
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
-        _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw, x2d.stride(0),
+        _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, nu, x2d.stride(0),
                                out.stride(0), tab_stride_n, per_split, int(to_ws), HAS_BIAS=bias is not None,
                                **packing, **tiles, **launch_opts)
     elif dense:
@@ -147,7 +148,7 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
                                      GROUP_M=cfg.group_m, **tiles, **launch_opts)
     else:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split)
-        _lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, kw,
+        _lut_gemm_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, nu,
                                x2d.stride(0), out.stride(0), tab_stride_n, per_split, int(to_ws),
                                HAS_BIAS=bias is not None, IEEE_DOT=x2d.dtype == torch.float32, GROUP_M=cfg.group_m,
                                **packing, **tiles, **launch_opts)
@@ -165,12 +166,13 @@ def decode_weight(qweight, table, scale, sparse: Optional[dict], bits: int, grou
                   dtype: torch.dtype) -> torch.Tensor:
     """The dense weight [N, K] in `dtype` (outliers included): the large-M route's transient buffer."""
     kw, n = qweight.shape
+    nu = cfgs.units(k, bits)  # packed units along K: words, or 3-word blocks of 32 3-bit codes
     wd = torch.empty((n, k), dtype=dtype, device=qweight.device)
     bk = cfgs.dequant_block_k(bits, group)
     tiles = cfgs.num_k_tiles(k, bits, bk)
     grid = (triton.cdiv(n, cfgs.DEQUANT_BLOCK_N), triton.cdiv(tiles, cfgs.DEQUANT_TILES))
-    _lut_dequant_kernel[grid](qweight, table, scale, wd, n, k, kw, 0 if nf4 else table.shape[1], cfgs.DEQUANT_TILES,
-                              BITS=bits, VPW=values_per_word(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4,
+    _lut_dequant_kernel[grid](qweight, table, scale, wd, n, k, nu, 0 if nf4 else table.shape[1], cfgs.DEQUANT_TILES,
+                              BITS=bits, VPW=cfgs.unit_codes(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4,
                               BLOCK_N=cfgs.DEQUANT_BLOCK_N, BLOCK_K=bk, num_warps=4)
     nnz = sparse["col_idx"].numel() if sparse is not None else 0
     if nnz:
