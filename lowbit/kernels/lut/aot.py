@@ -65,8 +65,9 @@ def _facts(launch, rec) -> LoopFacts:
     scale_unused = () if a.get("HAS_SCALE", True) else ("scale_ptr",)
     if name in ("_lut_mma_gemv_kernel", "_lut_mma_twin_kernel"):  # the twin: the same work on the interpreter
         unroll = a["UNROLL"]
-        return LoopFacts("mma gemv", trips=a["words_per_stream"] / unroll,
-                         weights_per_iteration=a["WARPS"] * cfgs.MMA_ROWS * unroll * 8, main=True,
+        return LoopFacts("mma gemv", trips=a["units_per_stream"] / unroll,
+                         weights_per_iteration=a["WARPS"] * cfgs.MMA_ROWS * unroll * cfgs.unit_codes(a["BITS"]),
+                         main=True,
                          unused=bias_unused + scale_unused)
     if name in ("_lut_gemv_kernel", "_lut_gemm_kernel"):
         ws_unused = ("out_ptr",) if a["to_ws"] else ("ws_ptr",)

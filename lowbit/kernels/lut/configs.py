@@ -22,7 +22,7 @@ DEQUANT_BLOCK_N = 64
 DEQUANT_BLOCK_K = 64
 DEQUANT_TILES = 16  # K tiles per dequant program
 SCATTER_BLOCK_N = 128
-# M = 1, fp16 x, 4-bit codes: the tensor-core GEMV (mma_gemv.py) owns MMA_ROWS rows per CTA; a GEMV
+# M = 1, fp16 x, 3- or 4-bit codes: the tensor-core GEMV (mma_gemv.py) owns MMA_ROWS rows per CTA; a GEMV
 # config routes there when block_m == 1, block_n == MMA_ROWS, block_k in MMA_BLOCK_K (the inputs one
 # warp consumes per loop trip) and num_warps in MMA_WARPS (one K stream per warp)
 MMA_ROWS = 64
@@ -73,7 +73,7 @@ def num_k_tiles(k: int, bits: int, block_k: int) -> int:
 def decodes_once(path: KernelPath, m: int, bits: int, nf4: bool, sparse: bool) -> bool:
     """Whether a call decodes the weight once into a dense buffer and runs the dense GEMM: large-M GEMM
     calls of nf4 (its fp32 table-times-absmax decode costs twice lut4's in the fused loop), 3-bit
-    (today's 10-codes-per-word layout wastes 6 of 16 tile rows) and sq (outliers cannot be added to a
+    (a 32-code unit spans 3 words, so the fused tile decodes field by field) and sq (outliers cannot be added to a
     fused tile cheaply, but scatter into the buffer at one store each)."""
     return path is KernelPath.GEMM and m >= DECODE_ONCE_MIN_M and (nf4 or sparse or bits == 3)
 
@@ -97,37 +97,42 @@ def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig, dense: bool
 
 def mma_gemv_plan(m: int, dtype: torch.dtype, bits: int, nf4: bool, group: int, n: int, k: int,
                   table_dtype: torch.dtype | None, cfg: KernelConfig) -> int | None:
-    """Words per K stream when this GEMV call runs the tensor-core kernel (or its interpreter twin), else
-    None: M = 1, fp16 x, 4-bit codes with an fp16 table (or NF4), a config of the MMA shape, whole CTAs
-    of MMA_ROWS rows, K split into split_k * num_warps equal streams of whole loop trips (and of whole
-    NF4 groups), and word offsets below 2^31 (the kernel indexes words in 32 bits)."""
-    if m != 1 or dtype != torch.float16 or bits != 4 or (not nf4 and table_dtype != torch.float16):
+    """Packed units per K stream when this GEMV call runs the tensor-core kernel (or its interpreter twin),
+    else None: M = 1, fp16 x, 4-bit codes with an fp16 table (or NF4) or 3-bit codes with an fp16 table,
+    a config of the MMA shape, whole CTAs of MMA_ROWS rows, K a whole number of units (the kernel reads x
+    for every code of a unit) split into split_k * num_warps equal streams of whole loop trips (and of
+    whole NF4 groups), and word offsets below 2^31 (the kernel indexes words in 32 bits)."""
+    if m != 1 or dtype != torch.float16 or bits not in (3, 4) or (bits == 3 and nf4):
+        return None
+    if not nf4 and table_dtype != torch.float16:
         return None
     if (cfg.block_m, cfg.block_n) != (1, MMA_ROWS) or cfg.block_k not in MMA_BLOCK_K or cfg.num_warps not in MMA_WARPS:
         return None
-    kw = packed_words(k, bits)
-    unroll = cfg.block_k // 8
+    codes = unit_codes(bits)
+    nu = units(k, bits)
+    unroll = cfg.block_k // codes
     streams = cfg.split_k * cfg.num_warps
-    if n % MMA_ROWS or kw % (streams * unroll) or kw * n >= 2 ** 31:
+    if unroll < 1 or k != nu * codes or n % MMA_ROWS or nu % (streams * unroll) or packed_words(k, bits) * n >= 2 ** 31:
         return None
-    wps = kw // streams
+    ups = nu // streams
     if nf4 and group:
         gw = group // 8
-        if gw % unroll or wps % gw:
+        if gw % unroll or ups % gw:
             return None
-    return wps
+    return ups
 
 
-def mma_gemv_config(n: int, k: int, nf4: bool, group: int) -> KernelConfig | None:
-    """The tensor-core GEMV config for an [N, K] 4-bit weight at M = 1 (None when no split fits): 8 warps,
-    64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until a CTA per SM (each CTA
-    holds a 64 KiB table and 8 warps of loads in flight; more splits rebuild more tables)."""
+def mma_gemv_config(n: int, k: int, nf4: bool, group: int, bits: int = 4) -> KernelConfig | None:
+    """The tensor-core GEMV config for an [N, K] 4- or 3-bit weight at M = 1 (None when no split fits):
+    8 warps, 64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until a CTA per SM (each
+    CTA holds a 64 KiB table, 16 KiB for 3-bit codes, and 8 warps of loads in flight; more splits rebuild
+    more tables)."""
     bk = 32 if nf4 and group == 32 else 64
     for warps in (8, 4):
         best = None
         for split in GEMV_SPLITS:
             cfg = KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1)
-            if mma_gemv_plan(1, torch.float16, 4, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
+            if mma_gemv_plan(1, torch.float16, bits, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
                 continue
             best = cfg
             if triton.cdiv(n, MMA_ROWS) * split >= sm_count():
@@ -151,17 +156,19 @@ def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dty
     return None
 
 
-def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int) -> KernelConfig:
+def gemv_heuristic(m: int, n: int, k: int, bits: int, group: int,
+                   dtype: torch.dtype = torch.float16) -> KernelConfig:
     """The CUDA-core GEMV: BLOCK_M covers M (<= 8); BLOCK_M * BLOCK_K <= 128 rows keeps the 3-D product
-    at <= 64 values per thread; 3-bit words (16 rows, 10 live) at M = 1 take 8 warps x 128 columns x
-    256 rows, the largest tile without spills; NF4 tiles stay inside one absmax group; split-K until the
-    grid has ~2 programs per SM, keeping >= 16 K tiles per split."""
+    at <= 64 values per thread; 3-bit units at M = 1 take 8 warps x 128 columns x 256 rows, the largest
+    tile without spills (not for fp32 x, which spills there under Triton 3.6, even at 128 rows); NF4 tiles stay
+    inside one absmax group; split-K until the grid has ~2 programs per SM, keeping >= 16 K tiles per
+    split."""
     sl = lanes(bits)
     bm = min(triton.next_power_of_2(max(m, 1)), 8)
     bn = 64 if n >= 64 * 32 else 32
     bk = max(sl, (64 if bits == 3 else 128) // bm)
     warps = 4
-    if bits == 3 and bm == 1 and n >= 128 * 32:
+    if bits == 3 and bm == 1 and n >= 128 * 32 and dtype != torch.float32:
         bn, bk, warps = 128, 256, 8
     if group:
         bk = max(sl, min(bk, group))
@@ -202,11 +209,11 @@ def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group:
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
         nf4 = isinstance(qw.spec, NF4Spec)
-        if m == 1 and dtype == torch.float16 and qw.bits == 4:
-            cfg = mma_gemv_config(qw.N, qw.K, nf4, scale_group(qw))
+        if m == 1 and dtype == torch.float16 and qw.bits in (3, 4):
+            cfg = mma_gemv_config(qw.N, qw.K, nf4, scale_group(qw), qw.bits)
             if cfg is not None:
                 return cfg
-        return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw))
+        return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw), dtype)
     dense = decodes_once(path, m, qw.bits, isinstance(qw.spec, NF4Spec), getattr(qw.spec, "sparse", False))
     return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype, scale_group(qw), dense)
 
@@ -228,7 +235,7 @@ def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtyp
                             continue
                         for split in (1, 2, 4, 8):
                             out.append(KernelConfig(bm, bn, bk, split, 1, warps, 2))
-        # the tensor-core M = 1 configs (used for fp16 x and 4-bit codes, see mma_gemv_plan)
+        # the tensor-core M = 1 configs (used for fp16 x and 3- or 4-bit codes, see mma_gemv_plan)
         out += [KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1) for bk in MMA_BLOCK_K for warps in MMA_WARPS
                 for split in (1, 2, 4, 8)]
     else:

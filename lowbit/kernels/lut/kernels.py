@@ -16,7 +16,7 @@ KW = BLOCK_K / LANES units, LANES = codes per unit. Each word is loaded once and
 codes by broadcast shifts.
 
 - :func:`_lut_gemv_kernel` (small M, CUDA cores, fp32 FMA). With split-K it writes fp32 partials
-  to a workspace ``[split, M, N]``. (M = 1 with fp16 x and 4-bit codes runs the tensor-core GEMV of
+  to a workspace ``[split, M, N]``. (M = 1 with fp16 x and 3- or 4-bit codes runs the tensor-core GEMV of
   mma_gemv.py instead; :func:`_lut_mma_twin_kernel` is its interpreter twin.)
 - :func:`_lut_finish_kernel`: the split-K sum in split order (deterministic) + the sq outliers of
   whole rows (CSR: a program's rows and each row's nonzeros in stored order, no search, no atomics)
@@ -362,25 +362,39 @@ def _lut_dense_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, str
 
 # -- the interpreter twin of the tensor-core M = 1 GEMV (lowbit/kernels/lut/mma_gemv.py) ---------------
 @triton.jit
-def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, tab2_ptr, N, words_per_stream,
-                         tab_stride_n, WARPS: tl.constexpr, UNROLL: tl.constexpr, GROUP: tl.constexpr,
-                         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr):
+def _twin_pair_dot(tab2, addr, x_ptr, k):
+    """The twin's lookup of one pair per slot [W, 64] at byte address `addr` of its table, times x[k], x[k + 1]
+    ([W]: each stream's two inputs) in fp32."""
+    pair = tl.load(tab2 + addr // 4)
+    w_lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    w_hi = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    x_lo = tl.load(x_ptr + k).to(tl.float32)
+    x_hi = tl.load(x_ptr + k + 1).to(tl.float32)
+    return w_lo * x_lo[:, None] + w_hi * x_hi[:, None]
+
+
+@triton.jit
+def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, tab2_ptr, N, units_per_stream,
+                         tab_stride_n, BITS: tl.constexpr, WARPS: tl.constexpr, UNROLL: tl.constexpr,
+                         GROUP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr):
     """The Gluon kernel's computation with its table layout and index arithmetic, in plain Triton.
 
     Same grid, slots, streams and outputs. The pair table goes to a global scratch tab2[CTA, 256 * 64]
-    instead of shared memory and is read at the PRMT address (byte << 8 | r * 4) / 4; the mma's exact
-    fp16 products summed in fp32 become fp32 FMAs; NF4 group sums are scaled at the same points.
+    instead of shared memory and is read at the PRMT address (byte << 8 | r * 4) / 4, or for 3-bit codes
+    at the address the 3-bit lookup PTX computes, ((c & mask) * mult mod 2^32) >> 17 + r * 4; the mma's
+    exact fp16 products summed in fp32 become fp32 FMAs; NF4 group sums are scaled at the same points.
     """
+    CB: tl.constexpr = 8 if BITS == 3 else 16
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     n0 = pid_n * 64
     tab2 = tab2_ptr + (pid_n * tl.num_programs(1) + pid_s).to(tl.int64) * (256 * 64)
-    # pair table T2[p, r] = bits(T[r, p & 15]) | bits(T[r, p >> 4]) << 16
-    p = tl.arange(0, 256)
+    # pair table T2[p, r] = bits(T[r, p % CB]) | bits(T[r, p // CB]) << 16 (CB = 16, or 8 for 3-bit codes)
+    p = tl.arange(0, CB * CB)
     r = tl.arange(0, 64)
     rows = tab_ptr + (n0 + r)[None, :] * tab_stride_n
-    lo = tl.load(rows + (p % 16)[:, None]).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    hi = tl.load(rows + (p // 16)[:, None]).to(tl.int16, bitcast=True).to(tl.int32)
+    lo = tl.load(rows + (p % CB)[:, None]).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi = tl.load(rows + (p // CB)[:, None]).to(tl.int16, bitcast=True).to(tl.int32)
     tl.store(tab2 + p[:, None] * 64 + r[None, :], lo | (hi << 16))
     tl.debug_barrier()
     # slots [W, 64 rows]: warp w reads stream pid_s * WARPS + w
@@ -389,22 +403,36 @@ def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, t
     rowoff = r * 4
     acc = tl.zeros([WARPS, 64], dtype=tl.float32)
     part = tl.zeros([WARPS, 64], dtype=tl.float32)
-    for u0 in range(0, words_per_stream, UNROLL):
+    for u0 in range(0, units_per_stream, UNROLL):
         for uu in tl.static_range(UNROLL):
-            word_row = stream * words_per_stream + u0 + uu
-            words = tl.load(qw_ptr + word_row[:, None] * N + n0 + r[None, :])
-            for byte in tl.static_range(4):
-                addr = ((words >> (8 * byte)) & 0xFF) << 8 | rowoff[None, :]  # = prmt(word, rowoff, 0x55j4)
-                pair = tl.load(tab2 + addr // 4)
-                w_lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-                w_hi = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-                k = word_row * 8 + 2 * byte
-                x_lo = tl.load(x_ptr + k).to(tl.float32)
-                x_hi = tl.load(x_ptr + k + 1).to(tl.float32)
-                part += w_lo * x_lo[:, None] + w_hi * x_hi[:, None]
+            unit = stream * units_per_stream + u0 + uu
+            if BITS == 3:
+                wrow = qw_ptr + (unit * 3)[:, None] * N + n0 + r[None, :]
+                wa = tl.load(wrow)
+                wb = tl.load(wrow + N)
+                wc = tl.load(wrow + 2 * N)
+                top = ((wa >> 15) & 0x10001) | ((wb >> 14) & 0x20002) | ((wc >> 13) & 0x40004)
+                for j in tl.static_range(16):
+                    if j == 15:
+                        src = top
+                    elif j < 5:
+                        src = wa
+                    elif j < 10:
+                        src = wb
+                    else:
+                        src = wc
+                    S: tl.constexpr = 3 * (j % 5) if j < 15 else 0
+                    prod = (src & (0x70007 << S)).to(tl.uint32, bitcast=True) * ((1 << (12 - S)) + (1 << (25 - S)))
+                    addr = (prod >> 17).to(tl.int32, bitcast=True) + rowoff[None, :]
+                    part += _twin_pair_dot(tab2, addr, x_ptr, unit * 32 + 2 * j)
+            else:
+                words = tl.load(qw_ptr + unit[:, None] * N + n0 + r[None, :])
+                for byte in tl.static_range(4):
+                    addr = ((words >> (8 * byte)) & 0xFF) << 8 | rowoff[None, :]  # = prmt(word, rowoff, 0x55j4)
+                    part += _twin_pair_dot(tab2, addr, x_ptr, unit * 8 + 2 * byte)
         if HAS_SCALE and GROUP != 0:
             if (u0 + UNROLL) % (GROUP // 8) == 0:
-                g_idx = (stream * words_per_stream + u0) * 8 // GROUP
+                g_idx = (stream * units_per_stream + u0) * 8 // GROUP
                 sc = tl.load(scale_ptr + (g_idx * N)[:, None] + n0 + r[None, :]).to(tl.float32)
                 acc += part * sc
                 part = tl.zeros([WARPS, 64], dtype=tl.float32)

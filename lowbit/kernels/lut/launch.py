@@ -69,25 +69,25 @@ def _mma_device_ok(x: torch.Tensor) -> bool:
     return torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
-def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bias, out, ws, split: int, wps: int,
-                  to_ws: bool, cfg: KernelConfig) -> None:
+def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bits: int, bias, out, ws, split: int,
+                  ups: int, to_ws: bool, cfg: KernelConfig) -> None:
     """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs)."""
     kw, n = qweight.shape
     grid = (n // cfgs.MMA_ROWS, split)
     target = ws if to_ws else out
     bias_arg = bias if bias is not None else out
-    consts = dict(WARPS=cfg.num_warps, UNROLL=cfg.block_k // 8, GROUP=group, HAS_SCALE=nf4,
+    consts = dict(BITS=bits, WARPS=cfg.num_warps, UNROLL=cfg.block_k // cfgs.unit_codes(bits), GROUP=group, HAS_SCALE=nf4,
                   HAS_BIAS=bias is not None, TO_WS=to_ws)
     tab_stride = 0 if nf4 else table.shape[1]
     if on_interpreter(x2d):
         tab2 = torch.empty((grid[0] * grid[1], 256 * cfgs.MMA_ROWS), dtype=torch.int32, device=x2d.device)
-        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, tab2, n, wps, tab_stride, **consts)
+        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, tab2, n, ups, tab_stride, **consts)
         return
     from .mma_gemv import _lut_mma_gemv_kernel
 
     zeros = _zeros(x2d.device, x2d.shape[1])
     zero_off = (zeros.data_ptr() - x2d.data_ptr()) // 2
-    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, zero_off, n, wps, tab_stride,
+    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, zero_off, n, ups, tab_stride,
                                num_warps=cfg.num_warps, **consts)
 
 
@@ -119,12 +119,12 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     tab_stride_n = 0 if nf4 else lut.shape[1]
     nnz = sparse["col_idx"].numel() if sparse is not None else 0
     dense = cfgs.decodes_once(path, m, bits, nf4, sparse is not None)
-    wps = None
+    ups = None
     if path is KernelPath.GEMV:
-        wps = cfgs.mma_gemv_plan(m, x2d.dtype, bits, nf4, group, n, k, None if nf4 else lut.dtype, cfg)
-        if wps is not None and not (on_interpreter(x2d) or _mma_device_ok(x2d)):
-            wps = None
-    per_split, split = (None, cfg.split_k) if wps is not None else cfgs.split_plan(m, n, k, bits, cfg, dense)
+        ups = cfgs.mma_gemv_plan(m, x2d.dtype, bits, nf4, group, n, k, None if nf4 else lut.dtype, cfg)
+        if ups is not None and not (on_interpreter(x2d) or _mma_device_ok(x2d)):
+            ups = None
+    per_split, split = (None, cfg.split_k) if ups is not None else cfgs.split_plan(m, n, k, bits, cfg, dense)
     outliers_in_finish = nnz > 0 and not dense
     to_ws = split > 1 or outliers_in_finish
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
@@ -132,9 +132,9 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     packing = dict(BITS=bits, VPW=cfgs.unit_codes(bits), LANES=cfgs.lanes(bits), GROUP=group, HAS_SCALE=nf4)
     launch_opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
-    if wps is not None:
+    if ups is not None:
         table16 = nf4_table(x2d.device, torch.float16) if nf4 else lut
-        _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bias, out, ws, split, wps, to_ws, cfg)
+        _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bits, bias, out, ws, split, ups, to_ws, cfg)
     elif path is KernelPath.GEMV:
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
         _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, nu, x2d.stride(0),

@@ -1,5 +1,5 @@
-"""The M = 1 LUT GEMV on tensor cores (sm_80+, fp16 x, 4-bit codes): pair tables in shared memory, one
-PRMT + one LDS per two weights, ``mma.sync`` m16n8k16 with a block-diagonal x operand, fp32 accumulation.
+"""The M = 1 LUT GEMV on tensor cores (sm_80+, fp16 x, 4-bit codes or, below, 3-bit codes): pair tables
+in shared memory, one PRMT + one LDS per two 4-bit weights, ``mma.sync`` m16n8k16 with a block-diagonal x operand, fp32 accumulation.
 Gluon + inline PTX; the pure-Triton twin ``kernels._lut_mma_twin_kernel`` shares the table layout and
 every index below and runs under the interpreter, and the tests emulate the PTX exactly.
 
@@ -17,6 +17,15 @@ every index below and runs under the interpreter, and the tests emulate the PTX 
   their stream's 8 inputs with one 128-bit load per word, the others read 8 zeros from a zero buffer
   (``zero_off`` elements past x, at least as long as x's row) that advances with x.
 - Per lane and word: one 64-bit load (its two rows' words), one 128-bit x load, 8 x (PRMT + LDS), 2 HMMA.
+
+3-bit codes (BITS = 3, lut3/sq3) walk K in *units* of 32 codes held in 3 words (lowbit.reference.packing):
+pair J < 15 (codes 2J, 2J + 1) is the field at bit s = 3 (J % 5) of each half of word J // 5, and pair 15
+(codes 30, 31) is gathered from bits 15 and 31 of the three words into ``top`` (same shape, s = 0). The
+pair table is ``T2[p, r]`` with p = lo | hi << 3 (64 pairs, 16 KiB); a lookup is ``((c & (0x70007 << s)) *
+(2^(12 - s) + 2^(25 - s))) >> 17`` = p << 8 (the product puts lo at bit 25 and hi at bit 28, and leaves
+bits 17..24 clear), plus the row offset. A unit is four "virtual words" of 8 codes for the mma steps and x
+loads, exactly as above. Per lane and unit: three 64-bit loads, four 128-bit x loads, 32 x (AND, IMAD,
+shift-add, LDS) plus the gather of pair 15, 8 HMMA.
 """
 from __future__ import annotations
 
@@ -34,17 +43,35 @@ SEL_BASE = gl.constexpr(0x5504)  # PRMT selector of byte 0: result bytes (rowoff
 SEL_PER_BYTE = gl.constexpr(16)  # + 16 * j selects byte j of the word
 LOOKUP_ASM = gl.constexpr("{ .reg .b32 a, b; prmt.b32 a, $1, $3, $5; mov.u32 b, global_smem; add.u32 a, a, b; "
                           "ld.shared.b32 $0, [a]; }")
+# 3-bit pair lookup: $1 $2 the word (or the gathered top bits), $3 $4 the field mask 0x70007 << s, $5 $6 the
+# multiplier 2^(12 - s) + 2^(25 - s), $7 $8 rowoff. (c & mask) * mult >> 17 = (lo | hi << 3) << 8.
+LOOKUP3_ASM = gl.constexpr("{ .reg .b32 a, b; and.b32 a, $1, $3; mul.lo.u32 a, a, $5; shr.u32 a, a, 17; "
+                           "add.u32 a, a, $7; mov.u32 b, global_smem; add.u32 a, a, b; ld.shared.b32 $0, [a]; }")
+PAIR3_SHIFT = 17  # the right shift of the 3-bit lookup (bits 25..30 of the product hold lo | hi << 3)
+
+
+def pair3_field(j: int) -> tuple[int, int, int]:
+    """(source, mask, multiplier) of 3-bit pair j of a unit: source 0..2 = word j // 5, 3 = the gathered
+    top bits of pair 15; the lookup PTX turns (c & mask) * multiplier >> 17 into the pair's table row << 8."""
+    s = 3 * (j % 5) if j < 15 else 0
+    return (j // 5 if j < 15 else 3), 0x70007 << s, (1 << (12 - s)) + (1 << (25 - s))
+
+
 # a CTA-wide barrier: gl.barrier in triton >= 3.7, gl.thread_barrier before
 _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
 @gluon.jit(do_not_specialize=["zero_off"])  # a distance between two allocations: never a constant
-def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, zero_off, N, words_per_stream,
-                         tab_stride_n, WARPS: gl.constexpr, UNROLL: gl.constexpr, GROUP: gl.constexpr,
-                         HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr):
+def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, zero_off, N, units_per_stream,
+                         tab_stride_n, BITS: gl.constexpr, WARPS: gl.constexpr, UNROLL: gl.constexpr,
+                         GROUP: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr):
     """y[n] = sum_k x[k] W[n, k] for 64 rows per CTA; grid (N / 64, split). TO_WS: fp32 partials to
     out[split, N]; else bias + cast into out[N]. NF4 (HAS_SCALE): tab_stride_n = 0, the mma sums of each
-    GROUP of inputs are scaled by absmax before they join the total (GROUP = 0: per row, at the end)."""
+    GROUP of inputs are scaled by absmax before they join the total (GROUP = 0: per row, at the end).
+    A stream is `units_per_stream` packed units: 4-bit words (8 codes) or 3-bit blocks (32 codes, 3 words)."""
+    UW: gl.constexpr = 3 if BITS == 3 else 1  # words per unit
+    UC: gl.constexpr = 32 if BITS == 3 else 8  # codes per unit
+    CB: gl.constexpr = 8 if BITS == 3 else 16  # codes per table row
     # layouts: slots [W, hi, g, e2, t, e] (lanes (g, t); registers e, hi, e2 = the mma A fragment),
     # x [W, t, q, g] (registers q = one word's 8 inputs: a 128-bit load), table build [p_hi, p_lo, r]
     SLOT6: gl.constexpr = gl.BlockedLayout([1, 2, 1, 2, 1, 2], [1, 1, 8, 1, 4, 1], [WARPS, 1, 1, 1, 1, 1],
@@ -59,14 +86,14 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
     pid_s = gl.program_id(1)
     n0 = pid_n * 64
     # -- pair table into shared memory ------------------------------------------------------
-    ph = gl.arange(0, 16, layout=gl.SliceLayout(1, gl.SliceLayout(2, BUILD)))
-    pl = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, BUILD)))
+    ph = gl.arange(0, CB, layout=gl.SliceLayout(1, gl.SliceLayout(2, BUILD)))
+    pl = gl.arange(0, CB, layout=gl.SliceLayout(0, gl.SliceLayout(2, BUILD)))
     rr = gl.arange(0, 64, layout=gl.SliceLayout(0, gl.SliceLayout(1, BUILD)))
     rows = tab_ptr + (n0 + rr)[None, None, :] * tab_stride_n
     lo = gl.load(rows + pl[None, :, None]).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
     hi = gl.load(rows + ph[:, None, None]).to(gl.int16, bitcast=True).to(gl.int32)
-    table = gl.allocate_shared_memory(gl.int32, [256, 64], TABLE)
-    table.store(gl.reshape(lo | (hi << 16), [256, 64]))
+    table = gl.allocate_shared_memory(gl.int32, [CB * CB, 64], TABLE)  # T2[p = hi * CB + lo, r]
+    table.store(gl.reshape(lo | (hi << 16), [CB * CB, 64]))
     _cta_barrier()
     # -- slots: warp w = stream pid_s * WARPS + w, lane (g, t) rows r = 8g + 2t + hi --------------
     L4: gl.constexpr = gl.SliceLayout(3, gl.SliceLayout(5, SLOT6))  # [W, hi, g, t]
@@ -76,20 +103,21 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
     t_i = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))
     r4 = 8 * g_i[None, None, :, None] + 2 * t_i[None, None, None, :] + hi_i[None, :, None, None]
     stream4 = pid_s * WARPS + w_i[:, None, None, None]
-    word_ptrs = qw_ptr + (stream4 * words_per_stream) * N + n0 + r4
+    word_ptrs = qw_ptr + (stream4 * units_per_stream * UW) * N + n0 + r4
     # per-element lookup operands [W, hi, g, e2, t, e]: row offset and the PRMT selector of byte 2h + e2
     one6 = gl.full([1, 1, 1, 2, 1, 2], 1, gl.int32, layout=SLOT6)
     e2_i = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(
         4, gl.SliceLayout(5, SLOT6))))))
     rowoff = (r4 * 4)[:, :, :, None, :, None] * one6
-    sel_e2 = e2_i[None, None, None, :, None, None] * one6 * SEL_PER_BYTE
+    e2_6 = e2_i[None, None, None, :, None, None] * one6
+    sel_e2 = e2_6 * SEL_PER_BYTE
     # x [W, t, q, g]: lanes on the diagonal g == t read their stream's 8 inputs, the others 8 zeros at
     # x_ptr + zero_off (a zero buffer at least as long as x's row, advanced in step with it)
     xw = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
     xt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
     xq = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, X4))))
     xg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, X4))))
-    xk = ((pid_s * WARPS + xw) * words_per_stream * 8).to(gl.int64)[:, None, None, None]
+    xk = ((pid_s * WARPS + xw) * units_per_stream * UC).to(gl.int64)[:, None, None, None]
     diag = xg[None, None, None, :] == xt[None, :, None, None]
     x_off = gl.multiple_of(gl.where(diag, xk, xk + zero_off), [1, 1, 8, 1])
     x_ptrs = x_ptr + (x_off + xq[None, None, :, None])
@@ -101,31 +129,45 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
     d_row = 8 * (di % 8)[None, :, None] + 2 * (dj % 4)[None, None, :] + (di // 8)[None, :, None]
     acc = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
     part = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
-    wstep = N * UNROLL
-    for u0 in range(0, words_per_stream, UNROLL):
+    wstep = N * UNROLL * UW
+    for u0 in range(0, units_per_stream, UNROLL):
         for uu in gl.static_range(UNROLL):
-            words = gl.load(word_ptrs + uu * N)
-            xv = gl.load(x_ptrs + uu * 8)
-            # [W, t, (h, e2, e), g] -> B operands of steps h = 0, 1: [W, 16 = (e2, t, e), 8 = g]
-            xv = gl.permute(gl.reshape(xv, [WARPS, 4, 2, 2, 2, 8]), [0, 3, 1, 4, 5, 2])
-            b_lo, b_hi = gl.split(xv)
-            words6 = words[:, :, :, None, :, None] * one6
-            for h in gl.static_range(2):
-                sel = sel_e2 + (SEL_BASE + 2 * SEL_PER_BYTE * h)
-                wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
-                                               dtype=gl.float16, is_pure=True, pack=2)
-                a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
-                bh = b_lo if h == 0 else b_hi
-                b = gl.convert_layout(gl.reshape(bh, [WARPS, 16, 8]), B_OP, assert_trivial=True)
-                part = mma_v2(a, b, part)
+            if BITS == 3:
+                wa = gl.load(word_ptrs + (3 * uu) * N)
+                wb = gl.load(word_ptrs + (3 * uu + 1) * N)
+                wc = gl.load(word_ptrs + (3 * uu + 2) * N)
+                # pair 15: bit j of code 30 (31) is bit 15 (31) of word j -> lo at bits 0..2, hi at 16..18
+                top = ((wa >> 15) & 0x10001) | ((wb >> 14) & 0x20002) | ((wc >> 13) & 0x40004)
+                for v in gl.static_range(4):  # the unit's four virtual words of 8 codes
+                    b_lo, b_hi = _x_operands(x_ptrs + (uu * UC + 8 * v), WARPS)
+                    for h in gl.static_range(2):
+                        c6, mask6, mult6 = _pair3_operands(wa, wb, wc, top, 4 * v + 2 * h, e2_6, one6)
+                        wv = gl.inline_asm_elementwise(LOOKUP3_ASM, "=r,r,r,r,r,r,r,r,r", [c6, mask6, mult6, rowoff],
+                                                       dtype=gl.float16, is_pure=True, pack=2)
+                        a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                        bh = b_lo if h == 0 else b_hi
+                        b = gl.convert_layout(gl.reshape(bh, [WARPS, 16, 8]), B_OP, assert_trivial=True)
+                        part = mma_v2(a, b, part)
+            else:
+                words = gl.load(word_ptrs + uu * N)
+                b_lo, b_hi = _x_operands(x_ptrs + uu * 8, WARPS)
+                words6 = words[:, :, :, None, :, None] * one6
+                for h in gl.static_range(2):
+                    sel = sel_e2 + (SEL_BASE + 2 * SEL_PER_BYTE * h)
+                    wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
+                                                   dtype=gl.float16, is_pure=True, pack=2)
+                    a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                    bh = b_lo if h == 0 else b_hi
+                    b = gl.convert_layout(gl.reshape(bh, [WARPS, 16, 8]), B_OP, assert_trivial=True)
+                    part = mma_v2(a, b, part)
         if HAS_SCALE and GROUP != 0:
             if (u0 + UNROLL) % (GROUP // 8) == 0:  # the last word of a group: scale its sum
-                g_idx = ((pid_s * WARPS + dw) * words_per_stream + u0) * 8 // GROUP
+                g_idx = ((pid_s * WARPS + dw) * units_per_stream + u0) * 8 // GROUP
                 sc = gl.load(scale_ptr + (g_idx * N)[:, None, None] + n0 + d_row)
                 acc += part * sc.to(gl.float32)
                 part = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
         word_ptrs += wstep
-        x_ptrs += UNROLL * 8
+        x_ptrs += UNROLL * UC
     if HAS_SCALE:
         if GROUP == 0:
             sc = gl.load(scale_ptr + n0 + d_row + (dw * 0)[:, None, None])
@@ -143,3 +185,41 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
         if HAS_BIAS:
             y += gl.load(bias_ptr + n0 + offs).to(gl.float32)
         gl.store(out_ptr + n0 + offs, y.to(out_ptr.dtype.element_ty))
+
+
+@gluon.jit
+def _x_operands(ptrs, WARPS: gl.constexpr):
+    """One 128-bit load of 8 inputs per lane ([W, t, q, g]: zeros off the diagonal), split into the B
+    operands of the two mma steps: [W, t, (h, e2, e), g] -> two [W, (e2, t, e), g] halves."""
+    xv = gl.load(ptrs)
+    xv = gl.permute(gl.reshape(xv, [WARPS, 4, 2, 2, 2, 8]), [0, 3, 1, 4, 5, 2])
+    return gl.split(xv)
+
+
+@gluon.jit
+def _pair3_source(wa, wb, wc, top, J: gl.constexpr):
+    """The register holding 3-bit pair J of a unit: word J // 5, or the gathered top bits for J = 15."""
+    if J == 15:
+        src = top
+    elif J < 5:
+        src = wa
+    elif J < 10:
+        src = wb
+    else:
+        src = wc
+    return src
+
+
+@gluon.jit
+def _pair3_operands(wa, wb, wc, top, J0: gl.constexpr, e2_6, one6):
+    """Per element [W, hi, g, e2, t, e] of one mma step: the source word, field mask and multiplier of
+    pair J0 + e2 (pair3_field; the constants fold into the LOP3 and IMAD immediates)."""
+    S0: gl.constexpr = 3 * (J0 % 5) if J0 < 15 else 0
+    S1: gl.constexpr = 3 * ((J0 + 1) % 5) if J0 + 1 < 15 else 0
+    c0 = _pair3_source(wa, wb, wc, top, J0)[:, :, :, None, :, None] * one6
+    c1 = _pair3_source(wa, wb, wc, top, J0 + 1)[:, :, :, None, :, None] * one6
+    c6 = gl.where(e2_6 == 0, c0, c1)
+    mask6 = (0x70007 << S0) + ((0x70007 << S1) - (0x70007 << S0)) * e2_6
+    mult6 = ((1 << (12 - S0)) + (1 << (25 - S0))) + (((1 << (12 - S1)) + (1 << (25 - S1)))
+                                                      - ((1 << (12 - S0)) + (1 << (25 - S0)))) * e2_6
+    return c6, mask6, mult6

@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import triton
 
 from ...formats import QuantizedWeight, UniformSpec, code_block
 from ..base import SHARED_BUDGET, KernelConfig, KernelPath, common_config_problem, sm_count
@@ -70,9 +71,29 @@ def pair_fields_fit(bits: int, dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and bits != 8
 
 
+# The tensor-core GEMV's inline-PTX MMA takes each fragment tensor [L, NW, 8, 4] element by element and
+# assumes Triton lays it out as (register, warp, lane // 4, lane % 4). Triton 3.9 does, for every
+# operand (tests/kernels/uniform/test_uniform_aot.py reads it from the TTGIR); Triton 3.6 lays the
+# L > 1 operands out with lanes on L, so the MMA would take the wrong fragments. Older Tritons (the
+# GPU machines' 3.6; 3.7 and 3.8 were never checked) therefore run the CUDA-core GEMV.
+MMA_GEMV_MIN_TRITON = (3, 9)
+
+
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the installed Triton."""
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def mma_layout_ok() -> bool:
+    """Whether the installed Triton lays the tensor-core GEMV's fragments out as its PTX assumes."""
+    return triton_version() >= MMA_GEMV_MIN_TRITON
+
+
 def mma_gemv(bits: int, dtype: torch.dtype) -> bool:
-    """Whether the GEMV path runs the tensor-core GEMV (else the CUDA-core one)."""
-    return pair_fields_fit(bits, dtype)
+    """Whether the GEMV path runs the tensor-core GEMV (else the CUDA-core one): the pair decode fits x's
+    type and the installed Triton lays the fragments out as the PTX assumes (MMA_GEMV_MIN_TRITON)."""
+    return pair_fields_fit(bits, dtype) and mma_layout_ok()
 
 
 @dataclass(frozen=True)

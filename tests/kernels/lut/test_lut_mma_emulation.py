@@ -101,3 +101,84 @@ def test_block_diagonal_fragments_compute_each_row():
     codes = np.array([[(int(words[r]) >> 4 * i) & 15 for i in range(8)] for r in range(rows)])
     w = np.take_along_axis(table, codes, axis=1)  # W[r, k] for the word's 8 inputs
     np.testing.assert_array_equal(y, w @ x)
+
+
+# -- 3-bit codes (lut3/sq3): the lookup PTX on the exact 3-bit layout --------------------------------------
+def lookup3(c: int, mask: int, mult: int, rowoff: int) -> int:
+    """LOOKUP3_ASM: and.b32, mul.lo.u32 (mod 2^32), shr.u32 17, add rowoff (the global_smem base is 0)."""
+    return ((((c & mask) * mult) & 0xFFFFFFFF) >> mma_gemv.PAIR3_SHIFT) + rowoff
+
+
+def test_lookup3_asm_operands():
+    asm = mma_gemv.LOOKUP3_ASM.value
+    assert re.search(r"and\.b32 a, \$1, \$3; mul\.lo\.u32 a, a, \$5; shr\.u32 a, a, 17; add\.u32 a, a, \$7;", asm)
+    assert "mov.u32 b, global_smem; add.u32 a, a, b; ld.shared.b32 $0, [a];" in asm
+
+
+def test_lookup3_gives_the_pair_table_address_of_every_pair():
+    """Pack random 3-bit codes with the reference packer; every pair j of every unit, through the PTX arithmetic
+    on its source word (or the gathered top bits of pair 15), addresses T2[lo | hi << 3, r]."""
+    import torch
+
+    from lowbit.reference.packing import pack_codes
+
+    rng = np.random.default_rng(2)
+    codes = torch.from_numpy(rng.integers(0, 8, size=(64, 32 * 40)))
+    codes[0], codes[1] = 7, 0  # all-ones and all-zero fields
+    words = pack_codes(codes, 3).numpy().astype(np.int64) & 0xFFFFFFFF  # [3 * units, 64 rows]
+    for r in range(64):
+        for u in range(words.shape[0] // 3):
+            wa, wb, wc = (int(words[3 * u + j, r]) for j in range(3))
+            top = ((wa >> 15) & 0x10001) | ((wb >> 14) & 0x20002) | ((wc >> 13) & 0x40004)
+            for j in range(16):
+                src, mask, mult = mma_gemv.pair3_field(j)
+                c = (wa, wb, wc, top)[src]
+                lo, hi = int(codes[r, 32 * u + 2 * j]), int(codes[r, 32 * u + 2 * j + 1])
+                assert lookup3(c, mask, mult, 4 * r) == ((lo | hi << 3) << 8) | (4 * r), (r, u, j)
+
+
+def test_both_3bit_kernels_use_pair3_field_constants():
+    """The Gluon kernel and its twin spell the per-pair constants of pair3_field; a drift in either shows here."""
+    import inspect
+
+    from lowbit.kernels.lut import kernels
+
+    for fn in (mma_gemv._pair3_operands, kernels._lut_mma_twin_kernel):
+        src = inspect.getsource(fn.fn)
+        assert re.search(r"3 \* \(\(?J0?( \+ 1\))? % 5\) if J0?( \+ 1)? < 15 else 0", src) or \
+            "3 * (j % 5) if j < 15 else 0" in src, src[:200]
+        assert "0x70007 <<" in src and "(1 << (12 - S" in src and "(1 << (25 - S" in src
+    for j in range(16):
+        s = 3 * (j % 5) if j < 15 else 0
+        assert mma_gemv.pair3_field(j)[1:] == (0x70007 << s, (1 << (12 - s)) + (1 << (25 - s)))
+
+
+def test_block_diagonal_fragments_compute_each_row_3bit():
+    """One warp, one 3-bit unit (32 codes) per row: four virtual words of two mma steps each, pair J = 4v +
+    2h + e2 holding codes 2J, 2J + 1; D maps back to x . W^T exactly."""
+    rng = np.random.default_rng(3)
+    rows = mma_gemv.ROWS
+    table = rng.integers(-8, 9, size=(rows, 8)).astype(np.float64)
+    codes = rng.integers(0, 8, size=(rows, 32))
+    x = rng.integers(-4, 5, size=32).astype(np.float64)
+    d = np.zeros((16, 8))
+    for v in range(4):
+        for h in range(2):
+            a_frag, b_frag = [], []
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                frag = []
+                for hi, e2 in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                    jpair = 4 * v + 2 * h + e2
+                    r = 8 * g + 2 * t + hi
+                    frag += [table[r, codes[r, 2 * jpair]], table[r, codes[r, 2 * jpair + 1]]]
+                a_frag.append(frag)
+                b_frag.append([x[8 * v + 4 * h + 2 * e2 + e] if g == t else 0.0 for e2 in (0, 1) for e in (0, 1)])
+            d += _mma_m16n8k16(a_frag, b_frag)
+    assert np.all(d[:, 4:] == 0)
+    y = np.zeros(rows)
+    for hi in range(2):
+        for g in range(8):
+            for t in range(4):
+                y[8 * g + 2 * t + hi] += d[hi * 8 + g, t]
+    np.testing.assert_array_equal(y, np.take_along_axis(table, codes, axis=1) @ x)

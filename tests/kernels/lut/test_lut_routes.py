@@ -1,6 +1,6 @@
 """The LUT family's routes beyond the basic GEMV/GEMM (interpreter on CPU, or a GPU when present).
 
-- M = 1, fp16 x, 4-bit codes: the tensor-core GEMV (its pure-Triton twin under the interpreter);
+- M = 1, fp16 x, 3- or 4-bit codes: the tensor-core GEMV (its pure-Triton twin under the interpreter);
 - large M (>= configs.DECODE_ONCE_MIN_M) for nf4, 3-bit and sq: decode once + dense GEMM;
 - split-K and sq outliers through the fixed-order finish kernel: bitwise the same output every run;
 - row strides past 2^31 elements (64-bit offsets), on untouched virtual memory.
@@ -56,6 +56,10 @@ MMA_CASES = [  # (scheme, options, K, config, bias)
     pytest.param("nf4", {"group_size": 32}, 512, KernelConfig(1, 64, 32, 2, 1, 4, 1), True, id="nf4g32-split2"),
     pytest.param("nf4", {"group_size": 128}, 1024, KernelConfig(1, 64, 64, 1, 1, 8, 1), False, id="nf4g128"),
     pytest.param("nf4", {"group_size": -1}, 384, KernelConfig(1, 64, 32, 1, 1, 4, 1), True, id="nf4-per-channel"),
+    pytest.param("lut3", {}, 384, KernelConfig(1, 64, 32, 1, 1, 4, 1), True, id="lut3-direct"),
+    pytest.param("lut3", {}, 512, KernelConfig(1, 64, 64, 2, 1, 4, 1), False, id="lut3-unroll2-split2"),
+    pytest.param("lut3", {}, 768, KernelConfig(1, 64, 32, 1, 1, 8, 1), True, id="lut3-8warps"),
+    pytest.param("sq3", {"outlier_fraction": 0.02}, 512, KernelConfig(1, 64, 32, 2, 1, 4, 1), True, id="sq3-split2"),
 ]
 
 
@@ -73,7 +77,12 @@ def test_mma_gemv_matches_reference(scheme, opts, k, cfg, bias, device):
     pytest.param("K streams do not divide", "lut4", 192, 392, torch.float16, KernelConfig(1, 64, 32, 1, 1, 4, 1),
                  id="ragged-K"),
     pytest.param("bf16 x", "lut4", 192, 384, torch.bfloat16, KernelConfig(1, 64, 32, 1, 1, 4, 1), id="bf16"),
-    pytest.param("3-bit codes", "lut3", 192, 384, torch.float16, KernelConfig(1, 64, 32, 1, 1, 4, 1), id="lut3"),
+    pytest.param("K not whole 4-bit words (x would be read past K)", "lut4", 192, 380, torch.float16,
+                 KernelConfig(1, 64, 32, 1, 1, 4, 1), id="lut4-K-not-whole-words"),
+    pytest.param("K not whole 3-bit units (x would be read past K)", "lut3", 192, 500, torch.float16,
+                 KernelConfig(1, 64, 32, 1, 1, 4, 1), id="lut3-K-not-whole-units"),
+    pytest.param("3-bit units do not divide into streams", "lut3", 192, 352, torch.float16,
+                 KernelConfig(1, 64, 32, 1, 1, 4, 1), id="lut3-ragged-streams"),
 ])
 def test_mma_shape_rules_fall_back_to_the_cuda_core_gemv(why, scheme, n, k, dtype, cfg, device):
     qw = qweight(scheme, n, k, device)
@@ -82,8 +91,9 @@ def test_mma_shape_rules_fall_back_to_the_cuda_core_gemv(why, scheme, n, k, dtyp
     assert_close(why, ref, y, FP16_TOL if dtype == torch.float16 else 1e-2)
 
 
-def test_mma_heuristic_at_m1():
-    qw = lowbit.QuantizedWeight.empty("lut4", (8192, 8192))
+@pytest.mark.parametrize("scheme", ["lut4", "lut3", "sq3", "nf4"])
+def test_mma_heuristic_at_m1(scheme):
+    qw = lowbit.QuantizedWeight.empty(scheme, (8192, 8192))
     cfg = FAMILY.heuristic(KernelPath.GEMV, 1, qw, torch.float16)
     assert (cfg.block_m, cfg.block_n) == (1, configs.MMA_ROWS)
     assert labels(qw, 1, KernelPath.GEMV, torch.float16, cfg)[0] == "mma gemv"

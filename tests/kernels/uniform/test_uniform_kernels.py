@@ -418,3 +418,50 @@ def test_bad_config_and_out(device):
         lowbit.linear(x, qw, torch.zeros(N + 1, device=device).half())
     with pytest.raises(ValueError, match="unknown kernel path"):
         lowbit.linear(x, qw, path="gemm2")
+
+
+@pytest.mark.parametrize("poison", [float("inf"), float("-inf"), float("nan")])
+def test_gemv_non_finite_x_gives_a_non_finite_row_only(poison, device):
+    """The tensor-core GEMV sums q * x and removes the zero point with z * sum(x), so x = +-inf can give NaN
+    where the reference gives +-inf (0 * inf for a code 0, inf - inf in the zero term; the README states
+    it). Found by tests/test_properties.py (dev profile: int2 g32, N = 1, K = 32). What must hold: the
+    poisoned row is non-finite in every column the reference makes non-finite, NaN where it has NaN, and
+    the other rows stay within tolerance."""
+    qw = make_qw(2, 32, False, device, n=8, k=64)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 64, generator=g).to(F16)
+    x[1, 5] = poison
+    x = x.to(device)
+    out = FAMILY.launch(x, qw, None, KernelPath.GEMV, FAMILY.heuristic(KernelPath.GEMV, 3, qw, F16),
+                        nan_out((3, 8), F16, device))
+    ref = reference.linear(x, qw, None, out_dtype=torch.float64).cpu()
+    got = out.double().cpu()
+    assert not torch.isfinite(got[1]).any()
+    assert torch.equal(torch.isfinite(got), torch.isfinite(ref))
+    assert torch.isnan(got[torch.isnan(ref)]).all()
+    inf = torch.isinf(ref)
+    assert ((got[inf] == ref[inf]) | torch.isnan(got[inf])).all()
+    keep = torch.tensor([0, 2])
+    assert_close("clean rows", ref[keep], got[keep], TOL_FP16_GEMV)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_older_triton_runs_the_cuda_core_gemv(bits, dtype, device, monkeypatch):
+    """Under a Triton older than configs.MMA_GEMV_MIN_TRITON (the GPU machines' 3.6 lays the MMA fragments
+    out otherwise, see configs.py) the GEMV path plans and runs the CUDA-core GEMV for fp16/bf16 x too;
+    checked here at M = 1, 5 and 16 against the float64 oracle."""
+    monkeypatch.setattr(C, "triton_version", lambda: (3, 6))
+    qw = make_qw(bits, 64, bits == 4, device)
+    for m in (1, 5, 16):
+        cfg = FAMILY.heuristic(KernelPath.GEMV, m, qw, dtype)
+        assert [p.label for p in FAMILY.launch_plans(qw, m, KernelPath.GEMV, dtype, cfg)][0] != "mma gemv"
+        g = torch.Generator().manual_seed(m)
+        x = torch.randn(m, K, generator=g).to(dtype).to(device)
+        out = FAMILY.launch(x, qw, None, KernelPath.GEMV, cfg, nan_out((m, N), dtype, device))
+        assert_close(f"int{bits} {dtype} M={m} CUDA-core GEMV", reference.linear(x, qw, None, out_dtype=torch.float64),
+                     out, tol_for(dtype, GEMV))
+    assert FAMILY.choose_path(1) is KernelPath.GEMV and FAMILY.choose_path(2) is KernelPath.GEMM
+    monkeypatch.undo()
+    assert FAMILY.choose_path(16) is KernelPath.GEMV
+    assert C.mma_gemv(bits, dtype) == (C.pair_fields_fit(bits, dtype) and C.triton_version() >= (3, 9))
