@@ -13,7 +13,8 @@ possibly one NaN or Inf in x, or a bad argument. Exactly one of two things may h
 
 Profiles: "ci" (the default: a fixed seed, few examples, bounded cost on 2 cores) and "dev" (many more
 examples, for a local run: HYPOTHESIS_PROFILE=dev pytest tests/test_properties.py). Every failure hypothesis
-finds is kept below as a plain regression test.
+finds is kept as a plain regression test next to the kernel it concerns (the uniform GEMV's inf rule:
+tests/kernels/uniform/test_uniform_kernels.py::test_gemv_non_finite_x_gives_a_non_finite_row_only).
 """
 import os
 

@@ -11,7 +11,8 @@ B [r, K]. Until a family fuses the term into its own kernels (``KernelFamily.fus
 
 This costs two extra launches, a second read of x and a read and write of y: in the static model
 (perf/lowrank_roofline.py) +2.2 us at M = 1 and +46 us at M = 4096 for r = 32, N = K = 8192 on an
-H200, 1.03-1.12x today's estimates of the main calls. perf/NOTES.md, "low-rank term", has the
+H200: small against the main calls before the rewrites (1.03-1.12x), but 1.26x the int4 g128 GEMV's
+8.3 us today (1.33-1.45x for int3, int2 and ternary), which the fused design would avoid. perf/NOTES.md, "low-rank term", has the
 design of the fused version. The compile gate covers r <= 64 (r = 128 pads the tiles to 128 and
 is not gated).
 Dots: the projection runs fp16 tensor-core dots when x and B are fp16 (exact products, fp32

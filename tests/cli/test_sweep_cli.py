@@ -12,6 +12,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from helpers import ROOT
 
 from lowbit.__main__ import main
 from lowbit.perf import COLUMNS, EXTRA_COLUMNS, add_speedup, rotation_count
@@ -221,3 +222,37 @@ def test_arguments_parse():
     assert grid["peers"] == ()  # no GPU: no peers unless asked for
     full = cli._resolve(p.parse_args([]), cuda=True)  # GPU: the full benchmark grid
     assert len(full["shapes"]) == 10 and full["ms"] == (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+
+
+def test_help_states_the_defaults_the_tool_uses():
+    """Every default `sweep --help` names is the one _resolve/argparse applies (issue 21: help and tool agree)."""
+    import argparse
+    import re
+
+    from lowbit.cli import sweep as cli
+    from lowbit.formats import Scheme
+    from lowbit.perf.runner import BENCH_SHAPES
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    text = " ".join(p.format_help().split())
+    fmt = lambda shapes: ",".join(f"{n}x{k}" for n, k in shapes)  # noqa: E731
+    cpu = cli._resolve(p.parse_args([]), cuda=False)
+    gpu = cli._resolve(p.parse_args([]), cuda=True)
+    quick = cli._resolve(p.parse_args(["--quick"]), cuda=True)
+    assert f"the {len(BENCH_SHAPES)} benchmark shapes listed in perf/README.md" in text and len(gpu["shapes"]) == 10
+    listed = (ROOT / "perf" / "README.md").read_text().replace("×", "x")
+    assert all(f"{n}x{k}" in listed for n, k in BENCH_SHAPES)
+    assert f"without a GPU: {fmt(cpu['shapes'])})" in text
+    assert f"default on a GPU: {','.join(map(str, gpu['ms']))}; without a GPU: {','.join(map(str, cpu['ms']))})" in text
+    assert f"default on a GPU: all {len(Scheme)}; without a GPU: {','.join(cpu['schemes'])})" in text
+    assert gpu["schemes"] == tuple(s.value for s in Scheme)
+    assert (f"a small grid on a GPU: {fmt(quick['shapes'])} x M {','.join(map(str, quick['ms']))} x "
+            f"{','.join(quick['schemes'])}") in text
+    assert (f"already the CPU grid ({fmt(cpu['shapes'])} x M {','.join(map(str, cpu['ms']))} x "
+            f"{','.join(cpu['schemes'])})") in text
+    d = p.parse_args([])
+    assert "(default 128)" in text and d.group_size == 128
+    assert "(default 16)" in text and d.graph_max_m == 16
+    assert "DESIGN.md" not in text
+    assert re.search(r"without a GPU: none\)", text) and cpu["peers"] == ()

@@ -1,4 +1,4 @@
-"""Tensor-parallel layers and models on 2, 3 and 4 gloo ranks (CPU, Triton interpreter).
+"""Tensor-parallel layers and models on 2 and 4 gloo ranks (CPU, Triton interpreter).
 
 Each test spawns its ranks once and runs every check of that world size inside them (process
 start-up dominates the cost). Every rank builds the same seeded model, so the single-process
@@ -7,13 +7,13 @@ result is available on each rank as the oracle.
 Error bounds, rel = max|y - y_ref| / max|y_ref| against the float64 oracle
 (lowbit.reference.linear, or a float64 copy of the model with backend="reference"):
 - column-parallel: each output element is computed by the same kernel from the same row of W
-  as on one device, TOL_LAYER = 1e-4 as for one QuantLinear in fp32 (tests/test_nn.py);
+  as on one device, TOL_LAYER = 1e-4 as for one QuantLinear in fp32 (tests/nn/test_quant_linear.py);
 - row-parallel: w partial sums of K/w products each, rounded to fp32 and added by the
   all-reduce: the same K products and about log2(w) more roundings, within TOL_LAYER;
 - ternary W1.58A8 row-parallel: the all-reduced absmax gives every rank the single-process
   int8 activations, so the integer dot products are exact and only fp32 rounding remains
   (with a rank-local absmax the error was 3.5e-3 here, which TOL_LAYER rejects);
-- a whole tiny Llama: TOL_MODEL = 1e-3 as in tests/test_nn.py.
+- a whole tiny Llama: TOL_MODEL = 1e-3 (fp32 layers in sequence, each within TOL_LAYER).
 """
 import copy
 import os

@@ -67,6 +67,17 @@ def _mma_m16n8k16(a_frag, b_frag):
     return a @ b
 
 
+def _rows_of(d):
+    """The epilogue's D -> row map: D[hi * 8 + g, t] is row 8g + 2t + hi; D's columns 4..7 must stay 0."""
+    assert np.all(d[:, 4:] == 0)
+    y = np.zeros(mma_gemv.ROWS)
+    for hi in range(2):
+        for g in range(8):
+            for t in range(4):
+                y[8 * g + 2 * t + hi] += d[hi * 8 + g, t]
+    return y
+
+
 def test_block_diagonal_fragments_compute_each_row():
     """One warp, one word per row (two mma steps), integer tables and x: D maps back to x . W^T exactly."""
     rng = np.random.default_rng(1)
@@ -92,12 +103,7 @@ def test_block_diagonal_fragments_compute_each_row():
             # B[e2 * 8 + 2t + e, j = g] = x[4h + 2 e2 + e] on the diagonal g == t, else 0
             b_frag.append([x[4 * h + 2 * e2 + e] if g == t else 0.0 for e2 in (0, 1) for e in (0, 1)])
         d += _mma_m16n8k16(a_frag, b_frag)
-    assert np.all(d[:, 4:] == 0)
-    y = np.zeros(rows)
-    for hi in range(2):
-        for g in range(8):
-            for t in range(4):
-                y[8 * g + 2 * t + hi] += d[hi * 8 + g, t]
+    y = _rows_of(d)
     codes = np.array([[(int(words[r]) >> 4 * i) & 15 for i in range(8)] for r in range(rows)])
     w = np.take_along_axis(table, codes, axis=1)  # W[r, k] for the word's 8 inputs
     np.testing.assert_array_equal(y, w @ x)
@@ -175,10 +181,5 @@ def test_block_diagonal_fragments_compute_each_row_3bit():
                 a_frag.append(frag)
                 b_frag.append([x[8 * v + 4 * h + 2 * e2 + e] if g == t else 0.0 for e2 in (0, 1) for e in (0, 1)])
             d += _mma_m16n8k16(a_frag, b_frag)
-    assert np.all(d[:, 4:] == 0)
-    y = np.zeros(rows)
-    for hi in range(2):
-        for g in range(8):
-            for t in range(4):
-                y[8 * g + 2 * t + hi] += d[hi * 8 + g, t]
+    y = _rows_of(d)
     np.testing.assert_array_equal(y, np.take_along_axis(table, codes, axis=1) @ x)
