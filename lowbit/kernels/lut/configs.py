@@ -15,6 +15,7 @@ from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, com
 FINISH_BLOCK_N = 128  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns and
 FINISH_MAX_BLOCK_M = 8  # up to this many rows (finish_block_m)
 FINISH_WARPS = 4
+FINISH_INTERPRETER_BLOCK = 256  # the finish tile under the CPU interpreter (rows of x and columns): few programs
 # Large M: nf4, 3-bit and sq weights are decoded once into an x-dtype buffer [N, K] (outliers
 # scattered in) and multiplied by a dense tensor-core GEMM; lut4 keeps the fused decode.
 DECODE_ONCE_MIN_M = 1024
