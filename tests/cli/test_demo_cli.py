@@ -130,3 +130,20 @@ def test_bad_lowrank_arguments(capsys):
     assert demo.run(args_for(schemes="int4", act_aware=True)) == 2
     assert "--act-aware needs --lowrank" in capsys.readouterr().err
     assert demo.run(args_for(schemes="int4", lowrank=-1)) == 2
+
+
+def test_help_states_the_defaults_the_tool_uses():
+    """The defaults `demo --help` names are the parser's (issue 21)."""
+    from lowbit.cli import demo as cli
+    from lowbit.formats import Scheme
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    text = " ".join(p.format_help().split())
+    d = p.parse_args([])
+    assert f"(default: all {len(Scheme)})" in text and d.schemes.split(",") == [s.value for s in Scheme]
+    assert "triton: the kernels (default)" in text and d.backend == "triton"
+    assert "(default float16," in text and d.dtype == "float16"
+    assert "default 0 = none" in text and d.lowrank == 0
+    assert "(default: the embedded all-MiniLM-L6-v2)" in text and d.model is None
+    assert "auto: cuda when available" in text and d.device == "auto"
