@@ -578,8 +578,12 @@ def _uniform_gemm_kernel(
             f = tl.reshape(tl.join(lo, hi), [NBLK, BLOCK_N, BLK])  # in-block index: (pair bits low first, half)
             # base + z per pair position and column (fields at different bits have different bases)
             bl = (base_words & 0xFFFF).to(tl.int16).to(dt, bitcast=True)
-            cz = tl.reshape(tl.join(bl, bl), [1, BLOCK_N, BLK]) + z.to(dt)[None, :, None]
-            w = _to_code_order((f - cz) * s.to(dt)[None, :, None], BITS, NBLK, BLOCK_N, BLOCK_K)
+            if HAS_ZEROS or SYM_ZERO != 0.5:  # integer zeros: base + z is exact, one subtraction
+                cz = tl.reshape(tl.join(bl, bl), [1, BLOCK_N, BLK]) + z.to(dt)[None, :, None]
+                fz = f - cz
+            else:  # int1 symmetric (z = 0.5): base + 0.5 rounds in fp16/bf16 once base >= 1024, so f - base first
+                fz = (f - tl.reshape(tl.join(bl, bl), [1, BLOCK_N, BLK])) - z.to(dt)[None, :, None]
+            w = _to_code_order(fz * s.to(dt)[None, :, None], BITS, NBLK, BLOCK_N, BLOCK_K)
         else:
             q = unpack_tile(qw_ptr, kk, offs_n, k_ok[:, None] & n_mask[None, :], N, BITS)
             fq = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
