@@ -13,6 +13,7 @@ path runs the tensor-core GEMM for every dtype. A config's fields mean, per kern
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +80,7 @@ def pair_fields_fit(bits: int, dtype: torch.dtype) -> bool:
 MMA_GEMV_MIN_TRITON = (3, 9)
 
 
+@functools.lru_cache(maxsize=None)  # called on every GEMV dispatch: parse the version once
 def triton_version() -> tuple[int, int]:
     """(major, minor) of the installed Triton."""
     major, minor = triton.__version__.split(".")[:2]
