@@ -4,13 +4,16 @@ With no GPU, a call (one or more kernel launches) is costed from counts read off
 (:mod:`lowbit.kernels.sass`) and from the bytes it must move::
 
     time = sum over launches of max(bytes / HBM bandwidth,
-                                    thread-instructions / issue rate,
-                                    tensor-core FLOPs / tensor peak)  + launch overhead
+                                    thread-instructions / issue rate x SM imbalance,
+                                    tensor-core FLOPs / tensor peak x SM imbalance)  + launch overhead
 
 - issue rate = SMs x schedulers per SM x 32 lanes x clock (one warp instruction per scheduler per
   cycle, counted in thread-instructions);
 - a launch's thread-instructions = (main-loop instructions per iteration x iterations per CTA +
-  instructions outside the loop) x threads per CTA x CTAs. The outside part is every instruction
+  instructions outside the loop) x threads per CTA x CTAs. The issue and tensor terms are those of
+  the busiest SM: CTAs go round-robin to the SMs, so one SM runs ceil(CTAs / SMs) of them, and the
+  totals are multiplied by that over the even share CTAs / SMs (``Launch.sm_imbalance``): a grid of
+  64 CTAs on 132 SMs leaves 68 idle and takes 132 / 64 = 2.06x the even-spread issue time. The outside part is every instruction
   of the kernel outside its main loop counted once (``LoopReport.outside_instructions``): the
   prologue, the epilogue, and alternative paths that a given CTA may skip, so it is a rough
   per-CTA overhead, small next to the loop in the kernels it is meant for;
@@ -22,8 +25,9 @@ Blind spots (why this is an estimate, not a prediction):
 
 - latency hiding: the max() assumes memory, issue and tensor work overlap perfectly; a kernel
   with too few warps in flight to cover DRAM latency, or a dependency chain, runs slower;
-- occupancy and waves: the totals are spread evenly over all SMs; a grid of 1.1 waves or a
-  CTA that fits once per SM is not penalised;
+- occupancy: how many CTAs an SM holds at once is not modelled (only how many it must run);
+  the memory term assumes any grid can draw the full HBM bandwidth, though a grid on a few SMs
+  cannot (no per-SM bandwidth figure is published);
 - per-pipe throughput: every instruction costs one issue slot, but conversions (I2F, F2I),
   MUFU and some integer ops run at a quarter or half rate, shared-memory bank conflicts
   replay, and barriers stall; none of this is modelled;
@@ -157,6 +161,10 @@ class Launch:
         per_thread = self.loop_instructions * self.iterations + self.per_cta_instructions
         return per_thread * self.threads_per_cta * self.ctas
 
+    def sm_imbalance(self, sms: int) -> float:
+        """Work of the busiest of `sms` SMs (ceil(CTAs / SMs) CTAs) over the even share (CTAs / SMs), >= 1."""
+        return math.ceil(self.ctas / sms) * sms / self.ctas
+
     @classmethod
     def from_loop(cls, report: LoopReport, *, name: str, bytes_moved: float, threads_per_cta: int, ctas: int,
                   iterations: float) -> Launch:
@@ -255,9 +263,10 @@ def estimate(launches: Sequence[Launch], hw: Hardware, shape: tuple[int, int, in
     for ln in launches:
         if not isinstance(ln, Launch):
             raise TypeError(f"launches must be Launch objects, got {type(ln).__name__}")
-        tensor = ln.mma_flops / hw.tensor_peak(ln.mma_kind) if ln.mma_flops else 0.0
+        busiest = ln.sm_imbalance(hw.sms)  # issue and tensor work: the SM with the most CTAs sets the time
+        tensor = busiest * ln.mma_flops / hw.tensor_peak(ln.mma_kind) if ln.mma_flops else 0.0
         times.append(LaunchTime(ln.name, memory_s=ln.bytes_moved / hw.hbm_bytes_per_s,
-                                issue_s=ln.thread_instructions / hw.issue_rate, tensor_s=tensor,
+                                issue_s=busiest * ln.thread_instructions / hw.issue_rate, tensor_s=tensor,
                                 overhead_s=hw.launch_overhead_s))
     fp16 = None
     if shape is not None:

@@ -385,7 +385,8 @@ def test_issue_bound_launch_time_is_instructions_over_issue_rate():
     assert ln.thread_instructions == (900 * 8 + 100) * 128 * 512
     est = sm.estimate([ln], NO_OVERHEAD)
     assert est.launches[0].bound is sm.Bound.ISSUE
-    assert est.time_s == pytest.approx(ln.thread_instructions / (132 * 4 * 32 * 1.755e9), rel=1e-12)
+    busiest = 4 * 132 / 512  # 512 CTAs on 132 SMs: the busiest SM runs 4 of them, the even share is 3.88
+    assert est.time_s == pytest.approx(busiest * ln.thread_instructions / (132 * 4 * 32 * 1.755e9), rel=1e-12)
     assert est.pct_memory_roofline == pytest.approx(100 * (1e6 / 4.8e12) / est.time_s, rel=1e-12)
 
 
@@ -393,10 +394,23 @@ def test_issue_bound_launch_time_is_instructions_over_issue_rate():
                                         pytest.param(MmaKind.INT8, 1978.9e12, id="int8")])
 def test_tensor_bound_launch(kind, peak):
     flops = 2 * 4096 * 8192 * 8192
-    ln = sm.Launch("gemm", bytes_moved=1e6, threads_per_cta=256, ctas=64, mma_flops=flops, mma_kind=kind)
+    ln = sm.Launch("gemm", bytes_moved=1e6, threads_per_cta=256, ctas=132 * 8, mma_flops=flops, mma_kind=kind)
     est = sm.estimate([ln], NO_OVERHEAD)
     assert est.launches[0].bound is sm.Bound.TENSOR
     assert est.time_s == pytest.approx(flops / peak, rel=1e-12)
+
+
+@pytest.mark.parametrize("ctas, busiest", [(1, 132.0), (64, 132 / 64), (132, 1.0), (133, 2 * 132 / 133),
+                                           (264, 1.0), (512, 4 * 132 / 512)])
+def test_grids_that_leave_sms_idle_cost_the_busiest_sms_time(ctas, busiest):
+    """Issue and tensor work is the busiest SM's: ceil(CTAs / 132) CTAs, not an even spread."""
+    ln = sm.Launch("k", bytes_moved=1.0, threads_per_cta=128, ctas=ctas, loop_instructions=1000, iterations=10,
+                   mma_flops=1e9)
+    assert ln.sm_imbalance(132) == pytest.approx(busiest, rel=1e-12)
+    lt = sm.estimate([ln], NO_OVERHEAD).launches[0]
+    assert lt.issue_s == pytest.approx(busiest * ln.thread_instructions / sm.H200.issue_rate, rel=1e-12)
+    assert lt.tensor_s == pytest.approx(busiest * 1e9 / sm.H200.fp16_tensor_flops, rel=1e-12)
+    assert lt.memory_s == pytest.approx(1.0 / 4.8e12, rel=1e-12)  # bytes: not scaled (see the docstring)
 
 
 def test_launches_sum_and_fp16_floor():

@@ -12,8 +12,8 @@ import triton
 from ...formats import NF4Spec, QuantizedWeight, code_block, packed_words
 from ..base import SHARED_BUDGET, TARGET_PROGRAMS, KernelConfig, KernelPath, common_config_problem, sm_count
 
-FINISH_BLOCK_N = 128  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns and
-FINISH_MAX_BLOCK_M = 8  # up to this many rows (finish_block_m)
+FINISH_BLOCK_N = (128, 64, 32)  # the finish kernel's tile (split-K sum, outliers, bias, cast): BLOCK_N columns
+FINISH_MAX_BLOCK_M = 8  # (finish_block_n) and up to this many rows (finish_block_m)
 FINISH_WARPS = 4
 FINISH_INTERPRETER_BLOCK = 256  # the finish tile under the CPU interpreter (rows of x and columns): few programs
 # Large M: nf4, 3-bit and sq weights are decoded once into an x-dtype buffer [N, K] (outliers
@@ -31,6 +31,19 @@ MMA_BLOCK_K = (32, 64)
 MMA_WARPS = (4, 8)
 GEMV_SPLITS = (1, 2, 4, 8, 16)
 GEMM_SPLITS = (1, 2, 4, 8)
+
+
+def finish_block_n(m: int, n: int) -> int:
+    """Columns per finish program: the width that leaves the busiest SM the fewest columns
+    (ceil(programs / SMs) x width; a 64-program grid on 132 SMs leaves half of them idle), the
+    widest on a tie."""
+    rows, sms = triton.cdiv(max(m, 1), finish_block_m(m)), sm_count()
+    return min(FINISH_BLOCK_N, key=lambda bn: (triton.cdiv(triton.cdiv(n, bn) * rows, sms) * bn, -bn))
+
+
+def finish_warps(block_m: int, block_n: int) -> int:
+    """Warps of a finish program: one thread per output element, 1 to FINISH_WARPS warps."""
+    return max(1, min(FINISH_WARPS, block_m * block_n // 32))
 
 
 def finish_block_m(m: int) -> int:

@@ -154,13 +154,13 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
                                **packing, **tiles, **launch_opts)
     if to_ws:
         csr = [sparse[name] for name in _SPARSE] if outliers_in_finish else [qweight] * 3
-        fbm, fbn = cfgs.finish_block_m(m), cfgs.FINISH_BLOCK_N
+        fbm, fbn = cfgs.finish_block_m(m), cfgs.finish_block_n(m, n)
         if on_interpreter(x2d):  # the interpreter pays per program and per outlier step, not per element
             fbm, fbn = min(triton.next_power_of_2(m), cfgs.FINISH_INTERPRETER_BLOCK), cfgs.FINISH_INTERPRETER_BLOCK
         grid = (triton.cdiv(n, fbn), triton.cdiv(m, fbm))
         _lut_finish_kernel[grid](ws, x2d, *csr, bias_arg, out, m, n, k, nnz, split, x2d.stride(0), out.stride(0),
                                  HAS_SPARSE=outliers_in_finish, HAS_BIAS=bias is not None,
-                                 BLOCK_M=fbm, BLOCK_N=fbn, num_warps=cfgs.FINISH_WARPS)
+                                 BLOCK_M=fbm, BLOCK_N=fbn, num_warps=cfgs.finish_warps(fbm, fbn))
     return out
 
 

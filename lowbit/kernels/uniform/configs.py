@@ -304,7 +304,7 @@ def _pick_split(programs: int, steps: int, options, sms: int, min_steps: int = 2
 
 def gemv_heuristic(m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) -> KernelConfig:
     """Tensor-core GEMV: x rows per program up to 16 (fewer where the group size needs it), 4 MMA row
-    blocks (8 for 1/2-bit codes below 16 rows, whose activations cost more per weight), the largest
+    blocks (8 for 1/2-bit fp16 codes where the grid still fills the SMs), the largest
     virtual group up to 128 codes, 8 warps while every warp still gets a super-step, split-K only when
     the column blocks fill less than half a wave."""
     spec: UniformSpec = qw.spec
@@ -318,7 +318,10 @@ def gemv_heuristic(m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) ->
 
 def _gemv_tile(bm: int, m: int, qw: QuantizedWeight, dtype: torch.dtype, sms: int) -> KernelConfig | None:
     spec: UniformSpec = qw.spec
-    bn = 128 if spec.bits in (1, 2) and bm < 16 and dtype != torch.bfloat16 else 64
+    # 8 row blocks (128 rows) for 1/2-bit codes, whose activations cost more per weight, when that
+    # grid still gives every SM a program (the compile gate: no spill for fp16; bf16 int1 spills)
+    wide = spec.bits in (1, 2) and dtype != torch.bfloat16 and -(-qw.N // 128) * -(-m // bm) >= sms
+    bn = 128 if wide else 64
     best = None
     for bk in sorted(GEMV_BLOCK_K, reverse=True):
         for nw in (8, 4, 2):
