@@ -7,8 +7,10 @@ cd "$ROOT"
 # Keep compiled kernels within this run so the compile gate and tests share them.
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$ROOT/.triton-cache}"
 export TRITON_DEFAULT_FP_FUSION="${TRITON_DEFAULT_FP_FUSION:-1}"
+# One pytest worker per core (pytest-xdist): the interpreter tests are CPU-bound Python, and the
+# compile gate's ptxas runs are separate processes. LOWBIT_TEST_WORKERS=0 runs in this process.
 set +e
-python -m pytest -q -ra "$@"
+python -m pytest -q -ra -n "${LOWBIT_TEST_WORKERS:-auto}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

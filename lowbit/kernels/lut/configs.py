@@ -30,6 +30,7 @@ MMA_ROWS = 64
 MMA_BLOCK_K = (32, 64)
 MMA_WARPS = (4, 8)
 GEMV_SPLITS = (1, 2, 4, 8, 16)
+FULL_GRID = 0.9  # a grid with CTAs for this share of the SMs is not split further (a split costs a launch)
 GEMM_SPLITS = (1, 2, 4, 8)
 
 
@@ -138,9 +139,10 @@ def mma_gemv_plan(m: int, dtype: torch.dtype, bits: int, nf4: bool, group: int, 
 
 def mma_gemv_config(n: int, k: int, nf4: bool, group: int, bits: int = 4) -> KernelConfig | None:
     """The tensor-core GEMV config for an [N, K] 4- or 3-bit weight at M = 1 (None when no split fits):
-    8 warps, 64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until a CTA per SM (each
-    CTA holds a 64 KiB table, 16 KiB for 3-bit codes, and 8 warps of loads in flight; more splits rebuild
-    more tables)."""
+    8 warps, 64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until at most a tenth of
+    the SMs lacks a CTA (each CTA holds a 64 KiB table, 16 KiB for 3-bit codes, and 8 warps of loads in
+    flight; more splits rebuild more tables, and any split adds the fixed-order sum launch: 128 CTAs on
+    132 SMs stay unsplit)."""
     bk = 32 if nf4 and group == 32 else 64
     for warps in (8, 4):
         best = None
@@ -149,7 +151,7 @@ def mma_gemv_config(n: int, k: int, nf4: bool, group: int, bits: int = 4) -> Ker
             if mma_gemv_plan(1, torch.float16, bits, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
                 continue
             best = cfg
-            if triton.cdiv(n, MMA_ROWS) * split >= sm_count():
+            if triton.cdiv(n, MMA_ROWS) * split >= FULL_GRID * sm_count():
                 break
         if best is not None:
             return best
