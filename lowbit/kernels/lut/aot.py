@@ -68,7 +68,8 @@ def _facts(launch, rec) -> LoopFacts:
         return LoopFacts("mma gemv", trips=a["units_per_stream"] / unroll,
                          weights_per_iteration=a["WARPS"] * cfgs.MMA_ROWS * unroll * cfgs.unit_codes(a["BITS"]),
                          main=True,
-                         unused=bias_unused + scale_unused)
+                         unused=bias_unused + scale_unused
+                         + (() if a["HAS_SPARSE"] else ("row_ptr_ptr", "col_ptr", "val_ptr")))
     if name in ("_lut_gemv_kernel", "_lut_gemm_kernel"):
         ws_unused = ("out_ptr",) if a["to_ws"] else ("ws_ptr",)
         label = "gemv" if name == "_lut_gemv_kernel" else "gemm"

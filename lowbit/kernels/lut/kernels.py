@@ -192,6 +192,28 @@ def _lut_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, ws_pt
 
 
 @triton.jit
+def _add_outliers(acc, x_ptr, row_ptr_ptr, col_ptr, val_ptr, rm, rn, M, N, K, NNZ, stride_xm):
+    """acc [rm, rn] + x[rm] . S[rn]^T for the sq outliers S held as CSR: row n's nonzeros row_ptr[n] ..
+    row_ptr[n+1] in stored order, all rows of the tile in step (deterministic, no search, no atomics).
+    Indices outside [0, NNZ) and columns outside [0, K) are masked: a corrupted CSR gives wrong numbers,
+    never an out-of-bounds read."""
+    n_mask = rn < N
+    m_mask = rm < M
+    start = tl.load(row_ptr_ptr + rn, mask=n_mask, other=0)
+    count = tl.where(n_mask, tl.load(row_ptr_ptr + rn + 1, mask=n_mask, other=0) - start, 0)
+    x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
+    for j in range(0, tl.max(count, axis=0)):
+        idx = start + j
+        live = (j < count) & (idx >= 0) & (idx < NNZ)
+        col = tl.load(col_ptr + idx, mask=live, other=0)
+        val = tl.load(val_ptr + idx, mask=live, other=0.0).to(tl.float32)
+        live = live & (col >= 0) & (col < K)
+        xv = tl.load(x_rows + col[None, :], mask=m_mask[:, None] & live[None, :], other=0.0).to(tl.float32)
+        acc += xv * val[None, :]
+    return acc
+
+
+@triton.jit
 def _lut_finish_kernel(ws_ptr, x_ptr, row_ptr_ptr, col_ptr, val_ptr, bias_ptr, out_ptr,
                        M, N, K, NNZ, split_k, stride_xm, stride_om,
                        HAS_SPARSE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -207,19 +229,7 @@ def _lut_finish_kernel(ws_ptr, x_ptr, row_ptr_ptr, col_ptr, val_ptr, bias_ptr, o
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     acc = sum_splits(ws_ptr, rm, rn, M, N, split_k, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
     if HAS_SPARSE:
-        n_mask = rn < N
-        m_mask = rm < M
-        start = tl.load(row_ptr_ptr + rn, mask=n_mask, other=0)
-        count = tl.where(n_mask, tl.load(row_ptr_ptr + rn + 1, mask=n_mask, other=0) - start, 0)
-        x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm
-        for j in range(0, tl.max(count, axis=0)):
-            idx = start + j
-            live = (j < count) & (idx >= 0) & (idx < NNZ)
-            col = tl.load(col_ptr + idx, mask=live, other=0)
-            val = tl.load(val_ptr + idx, mask=live, other=0.0).to(tl.float32)
-            live = live & (col >= 0) & (col < K)
-            xv = tl.load(x_rows + col[None, :], mask=m_mask[:, None] & live[None, :], other=0.0).to(tl.float32)
-            acc += xv * val[None, :]
+        acc = _add_outliers(acc, x_ptr, row_ptr_ptr, col_ptr, val_ptr, rm, rn, M, N, K, NNZ, stride_xm)
     if HAS_BIAS:
         acc = add_bias(acc, bias_ptr, rn, N)
     store_tile(out_ptr, acc, rm, rn, M, N, stride_om, 1)
@@ -374,15 +384,35 @@ def _twin_pair_dot(tab2, addr, x_ptr, k):
 
 
 @triton.jit
-def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, tab2_ptr, N, units_per_stream,
-                         tab_stride_n, BITS: tl.constexpr, WARPS: tl.constexpr, UNROLL: tl.constexpr,
-                         GROUP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr):
+def _twin_row_outliers(rn, slot, x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ, S: tl.constexpr):
+    """mma_gemv._row_outliers in plain Triton: nonzero j of row rn goes to slot j % S, each slot sums in
+    stored order, then the slots are summed; indices and columns out of range are masked."""
+    start = tl.load(row_ptr_ptr + rn)
+    count = tl.load(row_ptr_ptr + rn + 1) - start
+    acc = tl.zeros([rn.shape[0], S], dtype=tl.float32)
+    for j in range(0, tl.max(count, axis=0), S):
+        jj = j + slot[None, :]
+        idx = start[:, None] + jj
+        live = (jj < count[:, None]) & (idx >= 0) & (idx < NNZ)
+        col = tl.load(col_ptr + idx, mask=live, other=0)
+        val = tl.load(val_ptr + idx, mask=live, other=0.0).to(tl.float32)
+        live = live & (col >= 0) & (col < K)
+        acc += tl.load(x_ptr + col, mask=live, other=0.0).to(tl.float32) * val
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                         tab2_ptr, N, units_per_stream, tab_stride_n, K, NNZ, BITS: tl.constexpr,
+                         WARPS: tl.constexpr, UNROLL: tl.constexpr, GROUP: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr, HAS_SPARSE: tl.constexpr):
     """The Gluon kernel's computation with its table layout and index arithmetic, in plain Triton.
 
     Same grid, slots, streams and outputs. The pair table goes to a global scratch tab2[CTA, 256 * 64]
     instead of shared memory and is read at the PRMT address (byte << 8 | r * 4) / 4, or for 3-bit codes
     at the address the 3-bit lookup PTX computes, ((c & mask) * mult mod 2^32) >> 17 + r * 4; the mma's
     exact fp16 products summed in fp32 become fp32 FMAs; NF4 group sums are scaled at the same points.
+    HAS_SPARSE (one split only): the sq outliers of the CTA's rows join before the bias, as in the finish kernel.
     """
     CB: tl.constexpr = 8 if BITS == 3 else 16
     pid_n = tl.program_id(0)
@@ -445,6 +475,9 @@ def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, t
     if TO_WS:
         tl.store(out_ptr + pid_s * N + n0 + r, y)
     else:
+        if HAS_SPARSE:  # the sq outliers of the CTA's rows (one split: it owns them whole), as the Gluon kernel
+            y = y + _twin_row_outliers(n0 + r, tl.arange(0, WARPS // 2), x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ,
+                                       WARPS // 2)
         if HAS_BIAS:
             y += tl.load(bias_ptr + n0 + r).to(tl.float32)
         tl.store(out_ptr + n0 + r, y.to(out_ptr.dtype.element_ty))

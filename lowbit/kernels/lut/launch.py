@@ -4,7 +4,9 @@ Data flow of one forward:
 
 - Without split-K or outliers: one kernel (GEMV, or the fused-decode GEMM) writes
   ``cast(x W^T + b)`` straight into the output.
-- With split-K or sq outliers: the kernel writes fp32 partial sums to a workspace
+- M = 1 tensor-core GEMV without split-K: it adds the sq outliers of its own rows (same CSR walk
+  as the finish kernel below) before the bias, in the same launch.
+- Otherwise, with split-K or sq outliers: the kernel writes fp32 partial sums to a workspace
   ``[split, M, N]``; :func:`_lut_finish_kernel` sums them in split order, adds the sq outliers of
   whole rows (CSR: each row's nonzeros in stored order, no search, no atomics), the bias, and
   casts into the output. Every sum runs in a fixed order, so the same input gives bitwise the
@@ -70,25 +72,30 @@ def _mma_device_ok(x: torch.Tensor) -> bool:
 
 
 def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bits: int, bias, out, ws, split: int,
-                  ups: int, to_ws: bool, cfg: KernelConfig) -> None:
-    """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs)."""
+                  ups: int, to_ws: bool, cfg: KernelConfig, csr: Optional[list] = None) -> None:
+    """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs).
+    `csr` (row_ptr, col_idx, values; one split, not to_ws): the sq outliers join in the same launch."""
     kw, n = qweight.shape
+    k = x2d.shape[1]
     grid = (n // cfgs.MMA_ROWS, split)
     target = ws if to_ws else out
     bias_arg = bias if bias is not None else out
+    sparse_args = csr if csr is not None else [qweight] * 3  # dummies when HAS_SPARSE is off
+    nnz = csr[1].numel() if csr is not None else 0
     consts = dict(BITS=bits, WARPS=cfg.num_warps, UNROLL=cfg.block_k // cfgs.unit_codes(bits), GROUP=group, HAS_SCALE=nf4,
-                  HAS_BIAS=bias is not None, TO_WS=to_ws)
+                  HAS_BIAS=bias is not None, TO_WS=to_ws, HAS_SPARSE=csr is not None)
     tab_stride = 0 if nf4 else table.shape[1]
     if on_interpreter(x2d):
         tab2 = torch.empty((grid[0] * grid[1], 256 * cfgs.MMA_ROWS), dtype=torch.int32, device=x2d.device)
-        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, tab2, n, ups, tab_stride, **consts)
+        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *sparse_args, tab2, n, ups, tab_stride,
+                                   k, nnz, **consts)
         return
     from .mma_gemv import _lut_mma_gemv_kernel
 
     zeros = _zeros(x2d.device, x2d.shape[1])
     zero_off = (zeros.data_ptr() - x2d.data_ptr()) // 2
-    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, zero_off, n, ups, tab_stride,
-                               num_warps=cfg.num_warps, **consts)
+    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *sparse_args, zero_off, n, ups,
+                               tab_stride, k, nnz, num_warps=cfg.num_warps, **consts)
 
 
 def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig,
@@ -102,6 +109,8 @@ def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: Kerne
     if path is KernelPath.GEMV and cfgs.mma_gemv_plan(m, dtype, qw.bits, nf4, cfgs.scale_group(qw), qw.N, qw.K,
                                                       table, config) is not None:
         split = config.split_k
+        if split == 1:  # the outliers join in the GEMV itself
+            return 0
     else:
         _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config, dense)
     return split * m * qw.N if split > 1 or (sparse and not dense) else 0
@@ -125,7 +134,8 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
         if ups is not None and not (on_interpreter(x2d) or _mma_device_ok(x2d)):
             ups = None
     per_split, split = (None, cfg.split_k) if ups is not None else cfgs.split_plan(m, n, k, bits, cfg, dense)
-    outliers_in_finish = nnz > 0 and not dense
+    outliers_in_gemv = nnz > 0 and ups is not None and split == 1  # the M = 1 GEMV owns its rows whole
+    outliers_in_finish = nnz > 0 and not dense and not outliers_in_gemv
     to_ws = split > 1 or outliers_in_finish
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
     bias_arg = bias if bias is not None else out
@@ -134,7 +144,8 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
     tiles = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k)
     if ups is not None:
         table16 = nf4_table(x2d.device, torch.float16) if nf4 else lut
-        _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bits, bias, out, ws, split, ups, to_ws, cfg)
+        _run_mma_gemv(x2d, qweight, table16, scale, nf4, group, bits, bias, out, ws, split, ups, to_ws, cfg,
+                      [sparse[name] for name in _SPARSE] if outliers_in_gemv else None)
     elif path is KernelPath.GEMV:
         grid = (triton.cdiv(n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
         _lut_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, out, ws, m, n, k, nu, x2d.stride(0),

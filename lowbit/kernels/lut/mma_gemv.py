@@ -62,13 +62,16 @@ _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
 @gluon.jit(do_not_specialize=["zero_off"])  # a distance between two allocations: never a constant
-def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, zero_off, N, units_per_stream,
-                         tab_stride_n, BITS: gl.constexpr, WARPS: gl.constexpr, UNROLL: gl.constexpr,
-                         GROUP: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr):
+def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                         zero_off, N, units_per_stream, tab_stride_n, K, NNZ, BITS: gl.constexpr,
+                         WARPS: gl.constexpr, UNROLL: gl.constexpr, GROUP: gl.constexpr, HAS_SCALE: gl.constexpr,
+                         HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr, HAS_SPARSE: gl.constexpr):
     """y[n] = sum_k x[k] W[n, k] for 64 rows per CTA; grid (N / 64, split). TO_WS: fp32 partials to
     out[split, N]; else bias + cast into out[N]. NF4 (HAS_SCALE): tab_stride_n = 0, the mma sums of each
     GROUP of inputs are scaled by absmax before they join the total (GROUP = 0: per row, at the end).
-    A stream is `units_per_stream` packed units: 4-bit words (8 codes) or 3-bit blocks (32 codes, 3 words)."""
+    A stream is `units_per_stream` packed units: 4-bit words (8 codes) or 3-bit blocks (32 codes, 3 words).
+    HAS_SPARSE (one split only, so the CTA owns its rows whole): the sq outliers of its 64 rows, CSR
+    row_ptr/col/val (NNZ nonzeros, columns < K), join y before the bias, as in the finish kernel."""
     UW: gl.constexpr = 3 if BITS == 3 else 1  # words per unit
     UC: gl.constexpr = 32 if BITS == 3 else 8  # codes per unit
     CB: gl.constexpr = 8 if BITS == 3 else 16  # codes per table row
@@ -182,9 +185,34 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, z
     if TO_WS:
         gl.store(out_ptr + pid_s * N + n0 + offs, y)
     else:
+        if HAS_SPARSE:  # one row per lane of warps 0-1, WARPS // 2 slots of each row's outliers over the warps
+            OUT2: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [2, WARPS // 2], [0, 1])
+            o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, OUT2))
+            o_slot = gl.arange(0, WARPS // 2, layout=gl.SliceLayout(0, OUT2))
+            extra = _row_outliers(n0 + o_rows, o_slot, x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ, WARPS // 2)
+            y = y + gl.convert_layout(extra, y.type.layout)
         if HAS_BIAS:
             y += gl.load(bias_ptr + n0 + offs).to(gl.float32)
         gl.store(out_ptr + n0 + offs, y.to(out_ptr.dtype.element_ty))
+
+
+@gluon.jit
+def _row_outliers(rn, slot, x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ, S: gl.constexpr):
+    """x . S[rn]^T for the CSR outliers of rows rn (every rn < N): nonzero j of a row goes to slot j % S,
+    each slot sums its share in stored order, then the slots are summed (the twin does the same).
+    Indices outside [0, NNZ) and columns outside [0, K) are masked."""
+    start = gl.load(row_ptr_ptr + rn)
+    count = gl.load(row_ptr_ptr + rn + 1) - start
+    acc = (rn[:, None] * 0 + slot[None, :] * 0).to(gl.float32)  # zeros [rows, S] in the rows x slots layout
+    for j in range(0, gl.max(count, axis=0), S):
+        jj = j + slot[None, :]
+        idx = start[:, None] + jj
+        live = (jj < count[:, None]) & (idx >= 0) & (idx < NNZ)
+        col = gl.load(col_ptr + idx, mask=live, other=0)
+        val = gl.load(val_ptr + idx, mask=live, other=0.0).to(gl.float32)
+        live = live & (col >= 0) & (col < K)
+        acc += gl.load(x_ptr + col, mask=live, other=0.0).to(gl.float32) * val
+    return gl.sum(acc, axis=1)
 
 
 @gluon.jit

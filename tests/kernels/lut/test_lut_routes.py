@@ -16,6 +16,7 @@ import lowbit
 from helpers import assert_close, nan_out
 from lowbit.kernels import KernelConfig, KernelPath
 from lowbit.kernels.lut import FAMILY, configs
+from lowbit.kernels.lut import workspace_numel
 
 FP16_TOL, FP32_TOL = 2e-3, 2e-5
 _CACHE = {}
@@ -60,7 +61,21 @@ MMA_CASES = [  # (scheme, options, K, config, bias)
     pytest.param("lut3", {}, 512, KernelConfig(1, 64, 64, 2, 1, 4, 1), False, id="lut3-unroll2-split2"),
     pytest.param("lut3", {}, 768, KernelConfig(1, 64, 32, 1, 1, 8, 1), True, id="lut3-8warps"),
     pytest.param("sq3", {"outlier_fraction": 0.02}, 512, KernelConfig(1, 64, 32, 2, 1, 4, 1), True, id="sq3-split2"),
+    pytest.param("sq3", {"outlier_fraction": 0.02}, 384, KernelConfig(1, 64, 32, 1, 1, 4, 1), True, id="sq3-split1"),
 ]
+
+
+@pytest.mark.parametrize("scheme,split,expect", [
+    pytest.param("sq3", 1, ["mma gemv"], id="sq3-split1"), pytest.param("sq4", 1, ["mma gemv"], id="sq4-split1"),
+    pytest.param("sq3", 2, ["mma gemv", "finish + outliers"], id="sq3-split2"),
+])
+def test_mma_gemv_adds_the_outliers_itself_without_split(scheme, split, expect):
+    """One split: the GEMV owns its rows whole and adds their outliers (no finish launch, no workspace)."""
+    qw = lowbit.QuantizedWeight.empty(scheme, (8192, 8192))
+    cfg = KernelConfig(1, 64, 64, split, 1, 8, 1)
+    assert labels(qw, 1, KernelPath.GEMV, torch.float16, cfg) == expect
+    ws = workspace_numel(KernelPath.GEMV, 1, qw, cfg, torch.float16)
+    assert ws == (0 if split == 1 else split * 8192)
 
 
 @pytest.mark.parametrize("scheme,opts,k,cfg,bias", MMA_CASES)
