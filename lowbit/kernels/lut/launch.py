@@ -72,7 +72,7 @@ def _mma_device_ok(x: torch.Tensor) -> bool:
 
 
 def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bits: int, bias, out, ws, split: int,
-                  ups: int, to_ws: bool, cfg: KernelConfig, csr: Optional[list] = None) -> None:
+                  ups: int, to_ws: bool, cfg: KernelConfig, csr: list | None = None) -> None:
     """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs).
     `csr` (row_ptr, col_idx, values; one split, not to_ws): the sq outliers join in the same launch."""
     kw, n = qweight.shape
