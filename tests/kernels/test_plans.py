@@ -81,15 +81,27 @@ def test_int4_decode_plan_known_bytes_and_loop():
 
 @pytest.mark.parametrize("scheme, m, labels", [
     pytest.param("int3", 4096, ["gemm"], id="int3-prefill"),
-    pytest.param("nf4", 1, ["mma gemv", "split-K sum"], id="nf4-decode"),
-    pytest.param("sq4", 1, ["mma gemv", "finish + outliers"], id="sq4-decode"),
+    pytest.param("nf4", 1, ["mma gemv"], id="nf4-decode"),  # 128 CTAs cover the SMs: no split
+    pytest.param("sq4", 1, ["mma gemv"], id="sq4-decode"),  # unsplit: the GEMV adds the outliers itself
     pytest.param("sq4", 4096, ["decode weight", "scatter outliers", "dense gemm"], id="sq4-prefill"),
     pytest.param("ternary", 1, ["quantize x", "gemv"], id="ternary-decode"),
     pytest.param("ternary", 4096, ["quantize x", "gemm"], id="ternary-prefill"),
     pytest.param("binary", 1, ["gemv", "reduce"], id="binary-decode"),
 ])
 def test_every_launch_of_a_call_is_planned(scheme, m, labels):
-    _, ps = _plans(scheme, m)
+    _check_planned(_plans(scheme, m)[1], labels)
+
+
+@pytest.mark.parametrize("scheme, labels", [
+    pytest.param("nf4", ["mma gemv", "split-K sum"], id="nf4"),
+    pytest.param("sq4", ["mma gemv", "finish + outliers"], id="sq4"),
+])
+def test_a_half_full_grid_splits_k_and_finishes(scheme, labels):
+    """N = 4096: 64 CTAs of 64 rows would leave half the SMs idle, so the M = 1 GEMV splits K."""
+    _check_planned(_plans(scheme, 1, n=4096)[1], labels)
+
+
+def _check_planned(ps, labels):
     assert [p.label for p in ps] == labels
     assert sum(p.main for p in ps) == 1
     main = next(p for p in ps if p.main)
@@ -99,14 +111,18 @@ def test_every_launch_of_a_call_is_planned(scheme, m, labels):
 
 
 def test_lut_decode_bytes_skip_dummy_pointers():
-    """lut4 M=1 (tensor-core GEMV + split-K sum): the unused scale pointer (a dummy aliasing the codes) and
-    the output as dummy bias count once; each split writes one fp32 row of partials."""
-    cfg, ps = _plans("lut4", 1)
+    """lut4 M=1 (tensor-core GEMV + split-K sum at N = 4096): the unused scale pointer (a dummy aliasing the
+    codes) and the output as dummy bias count once; each split writes one fp32 row of partials."""
+    n = 4096
+    cfg, ps = _plans("lut4", 1, n=n)
     gemv, total = ps
-    ws = cfg.split_k * N * 4
+    ws = cfg.split_k * n * 4
     assert cfg.split_k > 1
-    assert gemv.hbm_bytes == N * K // 2 + N * 16 * 2 + K * 2 + ws  # codes, per-row tables, x, partials
-    assert total.hbm_bytes == ws + N * 2  # partials in, fp16 output out
+    assert gemv.hbm_bytes == n * K // 2 + n * 16 * 2 + K * 2 + ws  # codes, per-row tables, x, partials
+    assert total.hbm_bytes == ws + n * 2  # partials in, fp16 output out
+    cfg, (one,) = _plans("lut4", 1)  # N = 8192: one split, straight into the output
+    assert cfg.split_k == 1
+    assert one.hbm_bytes == N * K // 2 + N * 16 * 2 + K * 2 + N * 2
 
 
 def test_sign_gemv_weights_per_trip():
