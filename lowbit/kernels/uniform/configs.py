@@ -73,11 +73,12 @@ def pair_fields_fit(bits: int, dtype: torch.dtype) -> bool:
 
 
 # The tensor-core GEMV's inline-PTX MMA takes each fragment tensor [L, NW, 8, 4] element by element and
-# assumes Triton lays it out as (register, warp, lane // 4, lane % 4). Triton 3.9 does, for every
-# operand (tests/kernels/uniform/test_uniform_aot.py reads it from the TTGIR); Triton 3.6 lays the
-# L > 1 operands out with lanes on L, so the MMA would take the wrong fragments. Older Tritons (the
-# GPU machines' 3.6; 3.7 and 3.8 were never checked) therefore run the CUDA-core GEMV.
-MMA_GEMV_MIN_TRITON = (3, 9)
+# assumes Triton lays it out as (register, warp, lane // 4, lane % 4). The fragments inherit their
+# loads' layouts, and every load of the kernel has a single non-contiguous dim, whose layout does not
+# depend on how Triton orders equally contiguous dims (3.6 and 3.9 differ there; with two such dims
+# 3.6 put lanes on L). Checked from the TTGIR under 3.6 and 3.9 (tests/kernels/uniform/
+# test_uniform_aot.py); 3.7 and 3.8 were not checked, older Tritons run the CUDA-core GEMV.
+MMA_GEMV_MIN_TRITON = (3, 6)
 
 
 @functools.lru_cache(maxsize=None)  # called on every GEMV dispatch: parse the version once
@@ -198,6 +199,9 @@ def spec_problem(path: KernelPath, cfg: KernelConfig, spec: UniformSpec,
         if dtype == torch.bfloat16 and spec.bits <= 2 and cfg.block_n > 64:
             return (f"block_n={cfg.block_n} with bf16 x and {spec.bits}-bit codes (bf16 decodes need more shift "
                     "windows; 8 row blocks spill)")
+        if dtype == torch.float16 and spec.bits == 4 and cfg.block_m == 16 and cfg.block_n > 64:
+            return (f"block_n={cfg.block_n} at block_m=16 with fp16 x and 4-bit codes (spills 16 bytes under Triton "
+                    "3.6 and 3.9: x row pointers reloaded every super-step)")
         if gs != -1 and gs % cfg.block_k:
             return f"block_k={cfg.block_k} does not divide group_size={gs} (a virtual group lies in one group)"
         return None

@@ -15,11 +15,13 @@ a block has few distinct bases.
 
 Tensor-core step. ``mma.sync.m16n8k16`` with fp32 accumulation, one instance per element of
 the fragment tensors: every fragment tensor has shape ``[L, NW, 8, 4]`` = (register repeat,
-warp, lane // 4, lane % 4), the layout the GEMV's loads give them (a test reads it from the
-TTGIR). On the GPU (``USE_ASM``) the step is inline PTX; under the interpreter
-:func:`_mma_twin` computes the same product from the same fragments with tensor ops (the PTX
-fragment rules: A[g + 8h, 2c + 8s + e] = half e of a_{h+2s}; B[2c + 8s + e, g] = b_{s,e};
-D[g + 8h, 2c + e] = d_{2h+e}, for lane = 4g + c).
+warp, lane // 4, lane % 4), the layout the GEMV's loads give them: each load is
+``[NW * 32, contiguous values]`` (lane 32w + 4g + c), whose layout Triton 3.6 and 3.9 agree on, and
+:func:`rows_of` / :func:`pick8` only reshape, permute, split and join it (a test reads the
+operands' layouts from the TTGIR under the installed Triton). On the GPU (``USE_ASM``) the step is
+inline PTX; under the interpreter :func:`_mma_twin` computes the same product from the same
+fragments with tensor ops (the PTX fragment rules: A[g + 8h, 2c + 8s + e] = half e of
+a_{h+2s}; B[2c + 8s + e, g] = b_{s,e}; D[g + 8h, 2c + e] = d_{2h+e}, for lane = 4g + c).
 """
 import triton
 import triton.language as tl
@@ -183,8 +185,8 @@ def halves(v, BF16: tl.constexpr):
 
 @triton.jit
 def pick8(x, E: tl.constexpr):
-    """x[..., E] of x [NW, 8, 4, 8] (register selection by three splits)."""
-    t = tl.reshape(x, [x.shape[0], 8, 4, 2, 2, 2])
+    """x[:, E] of x [NW * 32, 8] (lane 32w + 4g + c) as [NW, 8, 4] (register selection by three splits)."""
+    t = tl.reshape(x, [x.shape[0] // 32, 8, 4, 2, 2, 2])
     a, b = tl.split(t)
     t = b if E % 2 else a
     a, b = tl.split(t)
@@ -208,12 +210,12 @@ def pick(x0, x1, x2, x3, E: tl.constexpr):
 
 @triton.jit
 def rows_of(v, R: tl.constexpr):
-    """Split a [R/2, NW, 8, 4, 4] per-thread row quad (rows 4*r2 + 2*rb_lo + h) into the two fragment
-    tensors [R, NW, 8, 4] of MMA rows g (h = 0) and g + 8 (h = 1)."""
-    shape: tl.constexpr = v.shape
-    t = tl.reshape(v, [shape[0], shape[1], 8, 4, 2, 2])
-    t = tl.permute(t, [0, 4, 1, 2, 3, 5])
-    t = tl.reshape(t, [R, shape[1], 8, 4, 2])
+    """Split a lane's row quads v [NW * 32, 4, R/2] (lane 32w + 4g + c; rows 4*r2 + 2*rb_lo + h) into the two
+    fragment tensors [R, NW, 8, 4] of MMA rows g (h = 0) and g + 8 (h = 1)."""
+    NW: tl.constexpr = v.shape[0] // 32
+    t = tl.reshape(v, [NW, 8, 4, 2, 2, R // 2])
+    t = tl.permute(t, [5, 3, 0, 1, 2, 4])
+    t = tl.reshape(t, [R, NW, 8, 4, 2])
     return tl.split(t)
 
 

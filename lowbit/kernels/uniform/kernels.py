@@ -105,18 +105,36 @@ def _ldx(p, match, ok, k, K, EVEN: tl.constexpr, ALL_MATCH: tl.constexpr):
 
 
 @triton.jit
-def _words(p, N, n_ok, k_ok, WB: tl.constexpr, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
-    """The WB words of a block at p, p + N, ... (unused ones repeat the first)."""
-    w0 = _ld(p, n_ok, k_ok, EVEN_N, EVEN)
+def _quads(p, n, N, k_ok, R2: tl.constexpr, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
+    """A lane's R2 row quads, [NW * 32, 4] each at p + 4 * r2 (rows n + 4 * r2), as [NW * 32, 4, R2]: one
+    load per quad, joined after the load (a load with the quad dim would have two non-contiguous dims)."""
+    q0 = _ld(p, n < N, k_ok, EVEN_N, EVEN)
+    if R2 == 1:
+        t = q0[:, :, None]
+    elif R2 == 2:
+        t = tl.join(q0, _ld(p + 4, n + 4 < N, k_ok, EVEN_N, EVEN))
+    else:
+        q1 = _ld(p + 4, n + 4 < N, k_ok, EVEN_N, EVEN)
+        q2 = _ld(p + 8, n + 8 < N, k_ok, EVEN_N, EVEN)
+        q3 = _ld(p + 12, n + 12 < N, k_ok, EVEN_N, EVEN)
+        t = tl.join(tl.join(q0, q2), tl.join(q1, q3))  # [..., 4, r2 bit 1, r2 bit 0]
+        t = tl.reshape(t, [q0.shape[0], 4, 4])
+    return t
+
+
+@triton.jit
+def _words(p, N, n, k_ok, WB: tl.constexpr, R2: tl.constexpr, EVEN_N: tl.constexpr, EVEN: tl.constexpr):
+    """The WB words of a block at p, p + N, ... as row quads (_quads; unused ones repeat the first)."""
+    w0 = _quads(p, n, N, k_ok, R2, EVEN_N, EVEN)
     w1 = w0
     w2 = w0
     w3 = w0
     if WB >= 2:
-        w1 = _ld(p + N, n_ok, k_ok, EVEN_N, EVEN)
+        w1 = _quads(p + N, n, N, k_ok, R2, EVEN_N, EVEN)
     if WB >= 3:
-        w2 = _ld(p + 2 * N, n_ok, k_ok, EVEN_N, EVEN)
+        w2 = _quads(p + 2 * N, n, N, k_ok, R2, EVEN_N, EVEN)
     if WB >= 4:
-        w3 = _ld(p + 3 * N, n_ok, k_ok, EVEN_N, EVEN)
+        w3 = _quads(p + 3 * N, n, N, k_ok, R2, EVEN_N, EVEN)
     return w0, w1, w2, w3
 
 
@@ -235,17 +253,19 @@ def _uniform_gemv_kernel(
     ss_begin = pid_s * steps_per_split
     ss_end = tl.minimum(ss_begin + steps_per_split, n_ss)
 
-    # weight quads [R2, NW, 8 (g), 4 (c), 4 (rows)]: 128-bit loads along N
-    qw_ = tl.arange(0, NW)[None, :, None, None, None]
-    qc = tl.arange(0, 4)[None, None, None, :, None]
-    n_q = (n0 + tl.arange(0, 8)[None, None, :, None, None] * (2 * R) + tl.arange(0, R2)[:, None, None, None, None] * 4
-           + tl.arange(0, 4)[None, None, None, None, :])
-    nq_ok = n_q < N
-    # activations [NW, 8 (g), 4 (c), 8]: column g of B is row m0 + g // GP of x, slot g % GP
-    xw = tl.arange(0, NW)[:, None, None, None]
-    xg = tl.arange(0, 8)[None, :, None, None]
-    xc = tl.arange(0, 4)[None, None, :, None]
-    xe = tl.arange(0, 8)[None, None, None, :]
+    # Every load is [NW * 32 (lane: warp w, g, c), contiguous values]: one non-contiguous dim, so the
+    # layout Triton gives it (lanes and warps on that dim) does not depend on how it orders equally
+    # contiguous dims (3.6 and 3.9 differ there), and the fragments built from it keep it.
+    ln = tl.arange(0, NW * 32)[:, None]
+    qw_ = ln // 32
+    qc = ln % 4
+    # weight quads [NW * 32, 4 (rows)], row quad r2 at n_q + 4 * r2: 128-bit loads along N
+    n_q = n0 + (ln // 4 % 8) * (2 * R) + tl.arange(0, 4)[None, :]
+    # activations [NW * 32, 8]: column g of B is row m0 + g // GP of x, slot g % GP
+    xw = qw_
+    xg = ln // 4 % 8
+    xc = qc
+    xe = tl.arange(0, 8)[None, :]
     x_rows = x_ptr + tl.minimum(m0 + xg // GP, M - 1).to(tl.int64) * stride_xm  # rows past M: dropped
     x_rows_h = x_ptr + tl.minimum(m0 + 8 + xg, M - 1).to(tl.int64) * stride_xm  # second half (NH = 2)
     if NS == 2:
@@ -337,7 +357,7 @@ def _uniform_gemv_kernel(
         e6 = zx
         e7 = zx
         for t in range(0, INNER):
-            wa0, wa1, wa2, wa3 = _words(p_q0, N, nq_ok, k_q0 < K, WB, EVEN_N, EVEN)
+            wa0, wa1, wa2, wa3 = _words(p_q0, N, n_q, k_q0 < K, WB, R2, EVEN_N, EVEN)
             xa0, xa1, xa2, xa3 = _acts(p_x0, x_ok0, ok_x, k_x0, K, XC, EVEN, ALL)
             p_q0 += ROW_STEP * N
             p_x0 += BLK * LPS
@@ -348,7 +368,7 @@ def _uniform_gemv_kernel(
                 k_q0 += BLK * LPS
                 k_x0 += BLK * LPS
             if NS == 2:
-                wb0, wb1, wb2, wb3 = _words(p_q1, N, nq_ok, k_q1 < K, WB, EVEN_N, EVEN)
+                wb0, wb1, wb2, wb3 = _words(p_q1, N, n_q, k_q1 < K, WB, R2, EVEN_N, EVEN)
                 xb0, xb1, xb2, xb3 = _acts(p_x1, x_ok1, ok_x, k_x1, K, XC, EVEN, ALL)
                 p_q1 += ROW_STEP * N
                 p_x1 += BLK
@@ -387,20 +407,20 @@ def _uniform_gemv_kernel(
             else:
                 go0 = (vg0 // VGG).to(tl.int64) * N
                 go1 = (vg1 // VGG).to(tl.int64) * N
-        if EVEN:
-            ok0 = nq_ok
-            ok1 = nq_ok
+        if EVEN:  # (not read: no scale load needs a K bound)
+            ok0 = qw_ < NW
+            ok1 = ok0
         else:
-            ok0 = nq_ok & (o + qw_ < ss_end) & (vg0 * BLOCK_K < K)
-            ok1 = nq_ok & (o + qw_ < ss_end) & (vg1 * BLOCK_K < K)
-        s00, s01 = rows_of(_ld(s_ptr + (go0 + n_q), ok0, ok0, EVEN and EVEN_N, EVEN).to(tl.float32), R)
-        s10, s11 = rows_of(_ld(s_ptr + (go1 + n_q), ok1, ok1, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+            ok0 = (o + qw_ < ss_end) & (vg0 * BLOCK_K < K)
+            ok1 = (o + qw_ < ss_end) & (vg1 * BLOCK_K < K)
+        s00, s01 = rows_of(_quads(s_ptr + (go0 + n_q), n_q, N, ok0, R2, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+        s10, s11 = rows_of(_quads(s_ptr + (go1 + n_q), n_q, N, ok1, R2, EVEN and EVEN_N, EVEN).to(tl.float32), R)
         if HORNER:  # sums of base * x: the Horner accumulators
             e2 = c0
             e3 = c1
         if HAS_ZEROS:
-            z00, z01 = rows_of(_ld(z_ptr + (go0 + n_q), ok0, ok0, EVEN and EVEN_N, EVEN).to(tl.float32), R)
-            z10, z11 = rows_of(_ld(z_ptr + (go1 + n_q), ok1, ok1, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+            z00, z01 = rows_of(_quads(z_ptr + (go0 + n_q), n_q, N, ok0, R2, EVEN and EVEN_N, EVEN).to(tl.float32), R)
+            z10, z11 = rows_of(_quads(z_ptr + (go1 + n_q), n_q, N, ok1, R2, EVEN and EVEN_N, EVEN).to(tl.float32), R)
             y0 += s00 * (d0 - e2 - z00 * e0)
             y2 += s01 * (d2 - e2 - z01 * e0)
             y1 += s10 * (d1 - e3 - z10 * e1)
@@ -448,6 +468,10 @@ def _uniform_gemv_kernel(
     gg = tl.arange(0, 8)[None, :, None, None]
     mm = m0 + tl.arange(0, BLOCK_M)[None, None, :, None]
     hh = tl.arange(0, 2)[None, None, None, :]
+    if BITS == 3 and NS == 1 and NH == 1:
+        # int3 at 2-8 rows of x: n0 re-derived, not held through the loop (Triton 3.6's ptxas spilled it at
+        # M = 8); + z0 keeps the compilers from reusing the first division's values, which would be held instead
+        n0 = (tl.program_id(0) + z0) // (num_m + z0) * BLOCK_N
     n_out = n0 + gg * (2 * R) + rb * 2 + hh
     ok = (n_out < N) & (mm < M)
     if split_k > 1:

@@ -98,9 +98,9 @@ class UniformFamily(KernelFamily):
     configs = cfgs
 
     def choose_path(self, m: int) -> KernelPath:
-        """GEMV up to gemv_max_m rows; where the tensor-core GEMV cannot run (configs.mma_layout_ok), only
-        M = 1 takes the CUDA-core GEMV and M >= 2 the GEMM (static estimate at M = 16, N = K = 8192 on
-        Triton 3.6: 17.5 us for the GEMM against 152 us for the CUDA-core GEMV)."""
+        """GEMV up to gemv_max_m rows; where the tensor-core GEMV cannot run (configs.mma_layout_ok: Triton
+        older than 3.6), only M = 1 takes the CUDA-core GEMV and M >= 2 the GEMM (static estimate at
+        M = 16, N = K = 8192: 17.5 us for the GEMM against 152 us for the CUDA-core GEMV)."""
         return KernelPath.GEMV if m <= (self.gemv_max_m if cfgs.mma_layout_ok() else 1) else KernelPath.GEMM
 
     def forward(self, x2d, qw, bias, path, config):

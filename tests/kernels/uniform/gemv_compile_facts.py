@@ -1,9 +1,11 @@
 """Compile launch plans of the tensor-core GEMV for sm_90 and print facts the tests check (JSON).
 
 Run by tests/kernels/uniform/test_uniform_aot.py in a subprocess without TRITON_INTERPRET
-(the interpreter replaces JIT functions): ``python gemv_compile_facts.py``. For each case:
-the lane/warp bases of the operands of every inline-PTX MMA in the TTGIR (which element of a
-[L, NW, 8, 4] fragment tensor each lane holds), and the main loop's counts from the SASS.
+(the interpreter replaces JIT functions): ``python gemv_compile_facts.py``. Prints
+``{"loop": [...], "gate": [...]}``: for each of CASES, the lane/warp bases of the operands of every
+inline-PTX MMA in the TTGIR (which element of a [L, NW, 8, 4] fragment tensor each lane holds) and
+the main loop's counts from the SASS; for every tensor-core GEMV case of the compile gate
+(aot.aot_cases: all bit widths and BLOCK_M, 2/4/8 warps, bf16, smaller groups), the bases alone.
 """
 import json
 import re
@@ -16,6 +18,7 @@ from triton.compiler.compiler import ASTSource
 
 from lowbit.formats import QuantizedWeight
 from lowbit.kernels import KernelPath
+from lowbit.kernels.gate import prepare_environment
 from lowbit.kernels.sass import analyze, sass_of_cubin
 from lowbit.kernels.uniform import FAMILY
 from lowbit.kernels.uniform import configs as C
@@ -79,18 +82,23 @@ def asm_operand_layouts(ttgir: str) -> list:
     return out
 
 
+def _compile(case):
+    """sm_90 build of an AotCase, as the compile gate makes it (same options: its cache entries serve)."""
+    attrs = {(case.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16}
+    src = ASTSource(case.kernel, dict(case.signature), constexprs=dict(case.constexprs), attrs=attrs)
+    options = {"num_warps": case.config.num_warps, "num_stages": case.config.num_stages, **dict(case.options)}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
 def main():
+    prepare_environment()
     facts = []
     for scheme, opts, m, dtype in CASES:
         qw = QuantizedWeight.empty(scheme, (8192, 8192), **opts)
         path = FAMILY.choose_path(m)
         cfg = FAMILY.heuristic(path, m, qw, dtype)
         plan = FAMILY.launch_plans(qw, m, path, dtype, cfg)[0]
-        case = plan.case
-        attrs = {(case.kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16}
-        src = ASTSource(case.kernel, dict(case.signature), constexprs=dict(case.constexprs), attrs=attrs)
-        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        ck = _compile(plan.case)
         sass = sass_of_cubin(ck.asm["cubin"])
         rep = analyze(sass, inner_trips=plan.inner_trips)
         geo = C.gemv_geometry(qw.bits, cfg)
@@ -105,7 +113,12 @@ def main():
             "ipw": rep.instructions_per_weight(plan.threads_per_cta, plan.weights_per_iteration),
             "is_gemv": path is KernelPath.GEMV,
         })
-    json.dump(facts, sys.stdout)
+    gate = []
+    for case in FAMILY.aot_cases():
+        if case.kernel.__name__ == "_uniform_gemv_kernel":
+            gate.append({"label": case.label, "config": case.config.to_dict(),
+                         "asm": asm_operand_layouts(_compile(case).asm["ttgir"])})
+    json.dump({"loop": facts, "gate": gate}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -50,29 +50,41 @@ def _compile_facts():
     return json.loads(proc.stdout)
 
 
-def test_compiled_gemv_layout_and_loop():
-    """On the compiled sm_90 GEMV (the dispatcher's configs at N = K = 8192):
+# lane = 4g + c holds element (l, warp, g, c) of a [L, NW, 8, 4] fragment tensor for every l
+FRAGMENT_LANES = [[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]]
 
-    - every operand of every inline-PTX MMA is a [L, NW, 8, 4] tensor whose lane bits 0-1 index the
-      last dim and lane bits 2-4 the third (lane = 4g + c), warps the second: the fragment-to-lane
-      mapping the PTX and its interpreter twin assume (test_uniform_fragments.py);
+
+def _check_fragments(label, asm, warps):
+    """Every operand of every inline-PTX MMA is a [L, NW, 8, 4] tensor with lanes on (g, c) as above and
+    warps on NW: the fragment-to-lane mapping the PTX and its interpreter twin assume."""
+    assert asm, f"{label}: no inline-PTX MMA in the TTGIR"
+    for ops in asm:
+        assert len(ops) == 16  # 4 outputs + 12 inputs, all fragment tensors
+        for o in ops:
+            dims = [int(v) for v in o["shape"].split("x")]
+            assert len(dims) == 4 and dims[1:] == [warps, 8, 4], (label, o["shape"])
+            assert o["bases"]["lane"] == FRAGMENT_LANES, (label, o["layout"], o["bases"])
+            assert o["bases"]["warp"] == [[0, 1 << i, 0, 0] for i in range(warps.bit_length() - 1)], (label, o["bases"])
+
+
+def test_compiled_gemv_layout_and_loop():
+    """On the compiled sm_90 GEMV, under the installed Triton (3.6 and 3.9 order a load's equally contiguous
+    dims differently, and the fragments inherit their loads' layouts; the kernel's loads have one
+    non-contiguous dim so both give the layout checked here):
+
+    - the fragment layout of _check_fragments, for the dispatcher's configs at N = K = 8192 and for
+      every tensor-core GEMV case of the compile gate (bit widths, BLOCK_M, warps, bf16, groups);
     - the main loop has no shared memory, no barrier and no spill, and runs exactly the planned MMAs
       (inner iterations x steps x (row blocks + 1 sums MMA) x column halves) per trip.
     """
     facts = _compile_facts()
-    assert facts
-    for f in facts:
+    assert facts["loop"] and len(facts["gate"]) == sum(
+        c.kernel.__name__ == "_uniform_gemv_kernel" for c in FAMILY.aot_cases()) >= 25
+    for g in facts["gate"]:
+        _check_fragments(g["label"], g["asm"], g["config"]["num_warps"])
+    for f in facts["loop"]:
         assert f["is_gemv"]
-        assert f["asm"], f"{f['label']}: no inline-PTX MMA in the TTGIR"
-        for ops in f["asm"]:
-            assert len(ops) == 16  # 4 outputs + 12 inputs, all fragment tensors
-            for o in ops:
-                dims = [int(v) for v in o["shape"].split("x")]
-                assert len(dims) == 4 and dims[2:] == [8, 4], (f["label"], o["shape"])
-                assert o["bases"]["lane"] == [[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]], \
-                    (f["label"], o["layout"], o["bases"])
-                warps = f["config"]["num_warps"]
-                assert o["bases"]["warp"] == [[0, 1 << i, 0, 0] for i in range(warps.bit_length() - 1)], o["bases"]
+        _check_fragments(f["label"], f["asm"], f["config"]["num_warps"])
         for cls in ("shared_load", "shared_store", "barrier", "local"):
             assert f["counts"].get(cls, 0) == 0, (f["label"], cls, f["counts"])
         assert f["local"] == 0

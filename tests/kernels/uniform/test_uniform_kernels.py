@@ -445,17 +445,40 @@ def test_gemv_non_finite_x_gives_a_non_finite_row_only(poison, device):
     assert_close("clean rows", ref[keep], got[keep], TOL_FP16_GEMV)
 
 
+def _gemv_kernel(qw, m, dtype):
+    cfg = FAMILY.heuristic(KernelPath.GEMV, m, qw, dtype)
+    return cfg, FAMILY.launch_plans(qw, m, KernelPath.GEMV, dtype, cfg)[0].case.kernel.__name__
+
+
+@pytest.mark.parametrize("version", [(3, 6), (3, 9)])
+def test_triton_3_6_runs_the_tensor_core_gemv(version, monkeypatch):
+    """From configs.MMA_GEMV_MIN_TRITON = 3.6 on (the GPU machines' version; test_uniform_aot.py checks the
+    fragment layout under the installed Triton) the GEMV path takes every M <= 16 and plans the tensor-core
+    GEMV for fp16/bf16 x where the pair decode fits (not bf16 int8), the CUDA-core GEMV otherwise."""
+    assert C.MMA_GEMV_MIN_TRITON == (3, 6)
+    monkeypatch.setattr(C, "triton_version", lambda: version)
+    assert FAMILY.choose_path(1) is KernelPath.GEMV and FAMILY.choose_path(16) is KernelPath.GEMV
+    assert FAMILY.choose_path(17) is KernelPath.GEMM
+    for bits in (1, 2, 3, 4, 8):
+        qw = make_qw(bits, 64, bits == 4, "cpu")
+        for dtype in (F16, BF16, F32):
+            want = "_uniform_gemv_kernel" if C.pair_fields_fit(bits, dtype) else "_uniform_gemv_fma_kernel"
+            assert C.mma_gemv(bits, dtype) == (want == "_uniform_gemv_kernel")
+            for m in (1, 5, 16):
+                assert _gemv_kernel(qw, m, dtype)[1] == want, (bits, dtype, m)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("dtype", [F16, BF16])
 def test_older_triton_runs_the_cuda_core_gemv(bits, dtype, device, monkeypatch):
-    """Under a Triton older than configs.MMA_GEMV_MIN_TRITON (the GPU machines' 3.6 lays the MMA fragments
-    out otherwise, see configs.py) the GEMV path plans and runs the CUDA-core GEMV for fp16/bf16 x too;
-    checked here at M = 1, 5 and 16 against the float64 oracle."""
-    monkeypatch.setattr(C, "triton_version", lambda: (3, 6))
+    """Under a Triton older than configs.MMA_GEMV_MIN_TRITON (not checked for the MMA fragment layout) the
+    GEMV path plans and runs the CUDA-core GEMV for fp16/bf16 x too, and only at M = 1; checked here at
+    M = 1, 5 and 16 against the float64 oracle."""
+    monkeypatch.setattr(C, "triton_version", lambda: (3, 5))
     qw = make_qw(bits, 64, bits == 4, device)
     for m in (1, 5, 16):
-        cfg = FAMILY.heuristic(KernelPath.GEMV, m, qw, dtype)
-        assert [p.label for p in FAMILY.launch_plans(qw, m, KernelPath.GEMV, dtype, cfg)][0] != "mma gemv"
+        cfg, kernel = _gemv_kernel(qw, m, dtype)
+        assert kernel == "_uniform_gemv_fma_kernel"
         g = torch.Generator().manual_seed(m)
         x = torch.randn(m, K, generator=g).to(dtype).to(device)
         out = FAMILY.launch(x, qw, None, KernelPath.GEMV, cfg, nan_out((m, N), dtype, device))
@@ -464,7 +487,7 @@ def test_older_triton_runs_the_cuda_core_gemv(bits, dtype, device, monkeypatch):
     assert FAMILY.choose_path(1) is KernelPath.GEMV and FAMILY.choose_path(2) is KernelPath.GEMM
     monkeypatch.undo()
     assert FAMILY.choose_path(16) is KernelPath.GEMV
-    assert C.mma_gemv(bits, dtype) == (C.pair_fields_fit(bits, dtype) and C.triton_version() >= (3, 9))
+    assert C.mma_gemv(bits, dtype) == (C.pair_fields_fit(bits, dtype) and C.triton_version() >= (3, 6))
 
 
 @pytest.mark.parametrize("dtype", [F16] if INTERPRET else [F16, BF16])  # bf16 tl.dot: GPU only (interpreter)
