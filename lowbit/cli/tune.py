@@ -49,7 +49,9 @@ class Job:
 
 def plan(args) -> tuple[list[Job], list[str]]:
     """The jobs to run (deduplicated by cache key) and notes about skipped combinations."""
-    from ..formats import Scheme, dim_bucket, make_spec
+    import torch
+
+    from ..formats import QuantizedWeight, Scheme, dim_bucket, make_spec
     from ..kernels import KernelPath, family_for
 
     shapes = parse_shapes(args.shapes) if isinstance(args.shapes, str) else args.shapes
@@ -70,7 +72,8 @@ def plan(args) -> tuple[list[Job], list[str]]:
                 continue
             for m in ms:
                 bucket = dim_bucket(m)
-                paths = {"auto": [fam.choose_path(bucket)], "gemv": [KernelPath.GEMV], "gemm": [KernelPath.GEMM],
+                auto = fam.choose_path(bucket, QuantizedWeight.empty(scheme, (n, k), **opts), getattr(torch, args.dtype))
+                paths = {"auto": [auto], "gemv": [KernelPath.GEMV], "gemm": [KernelPath.GEMM],
                          "both": [KernelPath.GEMV, KernelPath.GEMM]}[args.path]
                 for path in paths:
                     job = Job(fam, scheme.value, n, k, tuple(sorted(opts.items())), path, bucket)

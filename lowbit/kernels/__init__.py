@@ -67,7 +67,7 @@ def linear(x: torch.Tensor, qw: QuantizedWeight, bias: torch.Tensor | None = Non
     if m == 0:  # no rows: F.linear returns an empty [..., N] output
         return x.new_empty((*x.shape[:-1], qw.N))
     x2d = flatten_rows(x)
-    path = path or fam.choose_path(m)
+    path = path or fam.choose_path(m, qw, x.dtype)
     cfg = (choose_config or _default_chooser)(fam, x, path, m, qw)
     with launch_guard(x):
         y = fam.forward(x2d, qw, None if bias is None else bias.contiguous(), path, cfg)

@@ -346,7 +346,9 @@ class KernelFamily(abc.ABC):
             served = "/".join(sorted(s.value for s in self.schemes))
             raise ValueError(f"the {self.name} kernels serve {served}, not scheme {qw.scheme.value!r}")
 
-    def choose_path(self, m: int) -> KernelPath:
+    def choose_path(self, m: int, qw: QuantizedWeight | None = None, dtype: torch.dtype | None = None) -> KernelPath:
+        """The default path of a call with M rows of x; a family may also weigh the weight and x's dtype
+        (None: not known, the M-only rule)."""
         return KernelPath.GEMV if m <= self.gemv_max_m else KernelPath.GEMM
 
     # -- running ------------------------------------------------------------------------------

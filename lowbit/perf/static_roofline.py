@@ -76,7 +76,7 @@ def cases(schemes: Sequence[str] | None = None, ms: Sequence[int] = MS, shapes=S
                 for n, k in shapes:
                     qw = QuantizedWeight.empty(scheme, (n, k))
                     for m in ms:
-                        default = fam.choose_path(m)
+                        default = fam.choose_path(m, qw, dtype)
                         paths = list(KernelPath) if m in BOTH_PATHS_M else [default]
                         for path in paths:
                             cfg = fam.heuristic(path, m, qw, dtype)

@@ -37,7 +37,7 @@ def aot_cases() -> list[AotCase]:
     for scheme, opts, dtype, ms in GATE:
         qw = QuantizedWeight.empty(scheme, GATE_SHAPE, **opts)
         for m in ms:
-            path = FAMILY.choose_path(m)
+            path = FAMILY.choose_path(m, qw, dtype)
             call = KernelCall(scheme, *GATE_SHAPE, m, path, dtype, FAMILY.heuristic(path, m, qw, dtype),
                               options=tuple(opts.items()), bias=True)
             for ln in record_call(call).launches:

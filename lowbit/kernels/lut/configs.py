@@ -23,10 +23,14 @@ DEQUANT_BLOCK_N = 64
 DEQUANT_BLOCK_K = 64
 DEQUANT_TILES = 16  # K tiles per dequant program
 SCATTER_BLOCK_N = 128
-# M = 1, fp16 x, 3- or 4-bit codes: the tensor-core GEMV (mma_gemv.py) owns MMA_ROWS rows per CTA; a GEMV
-# config routes there when block_m == 1, block_n == MMA_ROWS, block_k in MMA_BLOCK_K (the inputs one
-# warp consumes per loop trip) and num_warps in MMA_WARPS (one K stream per warp)
+# M <= MMA_MAX_M, fp16 x, 3- or 4-bit codes: the tensor-core GEMV (mma_gemv.py) owns MMA_ROWS rows and
+# block_m rows of x per CTA (pairs of x rows share each decoded weight); a GEMV config routes there when
+# block_m in MMA_BLOCK_M, block_n == MMA_ROWS, block_k in MMA_BLOCK_K (the inputs one warp consumes per
+# loop trip) and num_warps in MMA_WARPS (one K stream per warp)
 MMA_ROWS = 64
+MMA_MAX_M = 16
+MMA_BLOCK_M = (1, 2, 4, 8, 16)
+MMA_GROUPED_MAX_BLOCK_M = 8  # grouped NF4 holds two accumulators per pair: 8 pairs spill on sm_80
 MMA_BLOCK_K = (32, 64)
 MMA_WARPS = (4, 8)
 GEMV_SPLITS = (1, 2, 4, 8, 16)
@@ -110,24 +114,34 @@ def split_plan(m: int, n: int, k: int, bits: int, cfg: KernelConfig, dense: bool
     return per, triton.cdiv(tiles, per)
 
 
+def mma_pairs(cfg: KernelConfig) -> int:
+    """Pairs of x rows one tensor-core GEMV CTA takes (block_m 1 and 2: one pair)."""
+    return max(1, cfg.block_m // 2)
+
+
 def mma_gemv_plan(m: int, dtype: torch.dtype, bits: int, nf4: bool, group: int, n: int, k: int,
                   table_dtype: torch.dtype | None, cfg: KernelConfig) -> int | None:
     """Packed units per K stream when this GEMV call runs the tensor-core kernel (or its interpreter twin),
-    else None: M = 1, fp16 x, 4-bit codes with an fp16 table (or NF4) or 3-bit codes with an fp16 table,
-    a config of the MMA shape, whole CTAs of MMA_ROWS rows, K a whole number of units (the kernel reads x
-    for every code of a unit) split into split_k * num_warps equal streams of whole loop trips (and of
-    whole NF4 groups), and word offsets below 2^31 (the kernel indexes words in 32 bits)."""
-    if m != 1 or dtype != torch.float16 or bits not in (3, 4) or (bits == 3 and nf4):
+    else None: 1 <= M <= MMA_MAX_M, fp16 x, 4-bit codes with an fp16 table (or NF4) or 3-bit codes with an
+    fp16 table, a config of the MMA shape, whole CTAs of MMA_ROWS rows, K a whole number of units (the
+    kernel reads x for every code of a unit) split into split_k * num_warps equal streams of whole loop
+    trips (and of whole NF4 groups), and word offsets below 2^31 (the kernel indexes words in 32 bits)."""
+    if not 1 <= m <= MMA_MAX_M or dtype != torch.float16 or bits not in (3, 4) or (bits == 3 and nf4):
         return None
     if not nf4 and table_dtype != torch.float16:
         return None
-    if (cfg.block_m, cfg.block_n) != (1, MMA_ROWS) or cfg.block_k not in MMA_BLOCK_K or cfg.num_warps not in MMA_WARPS:
+    if cfg.block_m not in MMA_BLOCK_M or cfg.block_n != MMA_ROWS or cfg.block_k not in MMA_BLOCK_K \
+            or cfg.num_warps not in MMA_WARPS:
         return None
     codes = unit_codes(bits)
     nu = units(k, bits)
     unroll = cfg.block_k // codes
     streams = cfg.split_k * cfg.num_warps
     if unroll < 1 or k != nu * codes or n % MMA_ROWS or nu % (streams * unroll) or packed_words(k, bits) * n >= 2 ** 31:
+        return None
+    if cfg.split_k * m * n >= 2 ** 31:  # the split workspace [split, M, N]
+        return None
+    if nf4 and group and cfg.block_m > MMA_GROUPED_MAX_BLOCK_M:
         return None
     ups = nu // streams
     if nf4 and group:
@@ -137,18 +151,20 @@ def mma_gemv_plan(m: int, dtype: torch.dtype, bits: int, nf4: bool, group: int, 
     return ups
 
 
-def mma_gemv_config(n: int, k: int, nf4: bool, group: int, bits: int = 4) -> KernelConfig | None:
-    """The tensor-core GEMV config for an [N, K] 4- or 3-bit weight at M = 1 (None when no split fits):
-    8 warps, 64 inputs per warp and trip (32 inside 32-wide NF4 groups), split-K until at most a tenth of
-    the SMs lacks a CTA (each CTA holds a 64 KiB table, 16 KiB for 3-bit codes, and 8 warps of loads in
-    flight; more splits rebuild more tables, and any split adds the fixed-order sum launch: 128 CTAs on
-    132 SMs stay unsplit)."""
+def mma_gemv_config(n: int, k: int, nf4: bool, group: int, bits: int = 4, m: int = 1) -> KernelConfig | None:
+    """The tensor-core GEMV config for an [N, K] 4- or 3-bit weight at M <= MMA_MAX_M (None when no split
+    fits): all M rows of x in one CTA (block_m = next power of two; at most 8 for grouped NF4, whose 16 rows
+    take two CTAs), 8 warps, 64 inputs per warp and trip (32
+    inside 32-wide NF4 groups), split-K until at most a tenth of the SMs lacks a CTA (each CTA holds a 64 KiB
+    table, 16 KiB for 3-bit codes, and 8 warps of loads in flight; more splits rebuild more tables, and any
+    split adds the fixed-order sum launch: 128 CTAs on 132 SMs stay unsplit)."""
     bk = 32 if nf4 and group == 32 else 64
+    bm = min(triton.next_power_of_2(max(m, 1)), MMA_GROUPED_MAX_BLOCK_M if nf4 and group else MMA_MAX_M)
     for warps in (8, 4):
         best = None
         for split in GEMV_SPLITS:
-            cfg = KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1)
-            if mma_gemv_plan(1, torch.float16, bits, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
+            cfg = KernelConfig(bm, MMA_ROWS, bk, split, 1, warps, 1)
+            if mma_gemv_plan(m, torch.float16, bits, nf4, group, n, k, None if nf4 else torch.float16, cfg) is None:
                 continue
             best = cfg
             if triton.cdiv(n, MMA_ROWS) * split >= FULL_GRID * sm_count():
@@ -156,6 +172,16 @@ def mma_gemv_config(n: int, k: int, nf4: bool, group: int, bits: int = 4) -> Ker
         if best is not None:
             return best
     return None
+
+
+def mma_route(m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig | None:
+    """The tensor-core GEMV config of a call when it has one (see mma_gemv_plan), else None."""
+    if not 1 <= m <= MMA_MAX_M or dtype != torch.float16 or qw.bits not in (3, 4):
+        return None
+    nf4 = isinstance(qw.spec, NF4Spec)
+    if not nf4 and qw["lut"].dtype != torch.float16:
+        return None
+    return mma_gemv_config(qw.N, qw.K, nf4, scale_group(qw), qw.bits, m)
 
 
 def config_problem(path: KernelPath, cfg: KernelConfig, qw: QuantizedWeight, dtype: torch.dtype) -> str | None:
@@ -224,12 +250,8 @@ def gemm_heuristic(m: int, n: int, k: int, bits: int, dtype: torch.dtype, group:
 
 def heuristic(path: KernelPath, m: int, qw: QuantizedWeight, dtype: torch.dtype) -> KernelConfig:
     if path is KernelPath.GEMV:
-        nf4 = isinstance(qw.spec, NF4Spec)
-        if m == 1 and dtype == torch.float16 and qw.bits in (3, 4):
-            cfg = mma_gemv_config(qw.N, qw.K, nf4, scale_group(qw), qw.bits)
-            if cfg is not None:
-                return cfg
-        return gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw), dtype)
+        cfg = mma_route(m, qw, dtype)
+        return cfg if cfg is not None else gemv_heuristic(m, qw.N, qw.K, qw.bits, scale_group(qw), dtype)
     dense = decodes_once(path, m, qw.bits, isinstance(qw.spec, NF4Spec), getattr(qw.spec, "sparse", False))
     return gemm_heuristic(m, qw.N, qw.K, qw.bits, dtype, scale_group(qw), dense)
 
@@ -251,9 +273,9 @@ def search_space(path: KernelPath, qw: QuantizedWeight | None, dtype: torch.dtyp
                             continue
                         for split in (1, 2, 4, 8):
                             out.append(KernelConfig(bm, bn, bk, split, 1, warps, 2))
-        # the tensor-core M = 1 configs (used for fp16 x and 3- or 4-bit codes, see mma_gemv_plan)
-        out += [KernelConfig(1, MMA_ROWS, bk, split, 1, warps, 1) for bk in MMA_BLOCK_K for warps in MMA_WARPS
-                for split in (1, 2, 4, 8)]
+        # the tensor-core configs (used for fp16 x and 3- or 4-bit codes, see mma_gemv_plan)
+        out += [KernelConfig(bm, MMA_ROWS, bk, split, 1, warps, 1) for bm in MMA_BLOCK_M for bk in MMA_BLOCK_K
+                for warps in MMA_WARPS for split in (1, 2, 4, 8)]
     else:
         for bm in (16, 32, 64, 128):
             for bn in (32, 64, 128, 256):

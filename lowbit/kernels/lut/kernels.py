@@ -16,7 +16,7 @@ KW = BLOCK_K / LANES units, LANES = codes per unit. Each word is loaded once and
 codes by broadcast shifts.
 
 - :func:`_lut_gemv_kernel` (small M, CUDA cores, fp32 FMA). With split-K it writes fp32 partials
-  to a workspace ``[split, M, N]``. (M = 1 with fp16 x and 3- or 4-bit codes runs the tensor-core GEMV of
+  to a workspace ``[split, M, N]``. (M <= 16 with fp16 x and 3- or 4-bit codes runs the tensor-core GEMV of
   mma_gemv.py instead; :func:`_lut_mma_twin_kernel` is its interpreter twin.)
 - :func:`_lut_finish_kernel`: the split-K sum in split order (deterministic) + the sq outliers of
   whole rows (CSR: a program's rows and each row's nonzeros in stored order, no search, no atomics)
@@ -372,15 +372,16 @@ def _lut_dense_gemm_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, M, N, K, str
 
 # -- the interpreter twin of the tensor-core M = 1 GEMV (lowbit/kernels/lut/mma_gemv.py) ---------------
 @triton.jit
-def _twin_pair_dot(tab2, addr, x_ptr, k):
-    """The twin's lookup of one pair per slot [W, 64] at byte address `addr` of its table, times x[k], x[k + 1]
-    ([W]: each stream's two inputs) in fp32."""
+def _twin_pair_dot(tab2, addr, x_rows, x_ok, k):
+    """The twin's lookup of one pair per slot [W, 64] at byte address `addr` of its table, times x[m, k],
+    x[m, k + 1] (k [W]: each stream's two inputs; x_rows [BM] row pointers, x_ok rows < M) in fp32: [BM, W, 64]."""
     pair = tl.load(tab2 + addr // 4)
     w_lo = (pair & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     w_hi = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    x_lo = tl.load(x_ptr + k).to(tl.float32)
-    x_hi = tl.load(x_ptr + k + 1).to(tl.float32)
-    return w_lo * x_lo[:, None] + w_hi * x_hi[:, None]
+    ok = x_ok[:, None] & (k >= 0)[None, :]
+    x_lo = tl.load(x_rows[:, None] + k[None, :], mask=ok, other=0.0).to(tl.float32)
+    x_hi = tl.load(x_rows[:, None] + (k + 1)[None, :], mask=ok, other=0.0).to(tl.float32)
+    return w_lo[None, :, :] * x_lo[:, :, None] + w_hi[None, :, :] * x_hi[:, :, None]
 
 
 @triton.jit
@@ -403,22 +404,25 @@ def _twin_row_outliers(rn, slot, x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ, S
 
 @triton.jit
 def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
-                         tab2_ptr, N, units_per_stream, tab_stride_n, K, NNZ, BITS: tl.constexpr,
-                         WARPS: tl.constexpr, UNROLL: tl.constexpr, GROUP: tl.constexpr, HAS_SCALE: tl.constexpr,
-                         HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr, HAS_SPARSE: tl.constexpr):
+                         tab2_ptr, M, N, units_per_stream, tab_stride_n, K, NNZ, stride_xm, stride_om,
+                         BITS: tl.constexpr, WARPS: tl.constexpr, UNROLL: tl.constexpr, GROUP: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, TO_WS: tl.constexpr,
+                         HAS_SPARSE: tl.constexpr, MP: tl.constexpr):
     """The Gluon kernel's computation with its table layout and index arithmetic, in plain Triton.
 
-    Same grid, slots, streams and outputs. The pair table goes to a global scratch tab2[CTA, 256 * 64]
-    instead of shared memory and is read at the PRMT address (byte << 8 | r * 4) / 4, or for 3-bit codes
-    at the address the 3-bit lookup PTX computes, ((c & mask) * mult mod 2^32) >> 17 + r * 4; the mma's
-    exact fp16 products summed in fp32 become fp32 FMAs; NF4 group sums are scaled at the same points.
-    HAS_SPARSE (one split only): the sq outliers of the CTA's rows join before the bias, as in the finish kernel.
+    Same grid, slots, streams, x rows (2 * MP per CTA) and outputs. The pair table goes to a global
+    scratch tab2[CTA, 256 * 64] instead of shared memory and is read at the PRMT address
+    (byte << 8 | r * 4) / 4, or for 3-bit codes at the address the 3-bit lookup PTX computes,
+    ((c & mask) * mult mod 2^32) >> 17 + r * 4; the mma's exact fp16 products summed in fp32 become
+    fp32 FMAs; NF4 group sums are scaled at the same points. HAS_SPARSE (M = 1, one split): the sq
+    outliers of the CTA's rows join before the bias, as in the finish kernel.
     """
     CB: tl.constexpr = 8 if BITS == 3 else 16
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
+    pid_m = tl.program_id(2)
     n0 = pid_n * 64
-    tab2 = tab2_ptr + (pid_n * tl.num_programs(1) + pid_s).to(tl.int64) * (256 * 64)
+    tab2 = tab2_ptr + ((pid_m * tl.num_programs(0) + pid_n) * tl.num_programs(1) + pid_s).to(tl.int64) * (256 * 64)
     # pair table T2[p, r] = bits(T[r, p % CB]) | bits(T[r, p // CB]) << 16 (CB = 16, or 8 for 3-bit codes)
     p = tl.arange(0, CB * CB)
     r = tl.arange(0, 64)
@@ -431,8 +435,12 @@ def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, r
     w = tl.arange(0, WARPS)
     stream = pid_s * WARPS + w
     rowoff = r * 4
-    acc = tl.zeros([WARPS, 64], dtype=tl.float32)
-    part = tl.zeros([WARPS, 64], dtype=tl.float32)
+    BM: tl.constexpr = 2 * MP
+    xm = pid_m * BM + tl.arange(0, BM)
+    x_ok = xm < M
+    x_rows = x_ptr + xm.to(tl.int64) * stride_xm
+    acc = tl.zeros([BM, WARPS, 64], dtype=tl.float32)
+    part = tl.zeros([BM, WARPS, 64], dtype=tl.float32)
     for u0 in range(0, units_per_stream, UNROLL):
         for uu in tl.static_range(UNROLL):
             unit = stream * units_per_stream + u0 + uu
@@ -454,30 +462,32 @@ def _lut_mma_twin_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, r
                     S: tl.constexpr = 3 * (j % 5) if j < 15 else 0
                     prod = (src & (0x70007 << S)).to(tl.uint32, bitcast=True) * ((1 << (12 - S)) + (1 << (25 - S)))
                     addr = (prod >> 17).to(tl.int32, bitcast=True) + rowoff[None, :]
-                    part += _twin_pair_dot(tab2, addr, x_ptr, unit * 32 + 2 * j)
+                    part += _twin_pair_dot(tab2, addr, x_rows, x_ok, unit * 32 + 2 * j)
             else:
                 words = tl.load(qw_ptr + unit[:, None] * N + n0 + r[None, :])
                 for byte in tl.static_range(4):
                     addr = ((words >> (8 * byte)) & 0xFF) << 8 | rowoff[None, :]  # = prmt(word, rowoff, 0x55j4)
-                    part += _twin_pair_dot(tab2, addr, x_ptr, unit * 8 + 2 * byte)
+                    part += _twin_pair_dot(tab2, addr, x_rows, x_ok, unit * 8 + 2 * byte)
         if HAS_SCALE and GROUP != 0:
             if (u0 + UNROLL) % (GROUP // 8) == 0:
                 g_idx = (stream * units_per_stream + u0) * 8 // GROUP
                 sc = tl.load(scale_ptr + (g_idx * N)[:, None] + n0 + r[None, :]).to(tl.float32)
-                acc += part * sc
-                part = tl.zeros([WARPS, 64], dtype=tl.float32)
+                acc += part * sc[None, :, :]
+                part = tl.zeros([BM, WARPS, 64], dtype=tl.float32)
     if HAS_SCALE:
         if GROUP == 0:
-            acc = part * tl.load(scale_ptr + n0 + r).to(tl.float32)[None, :]
+            acc = part * tl.load(scale_ptr + n0 + r).to(tl.float32)[None, None, :]
     else:
         acc = part
-    y = tl.sum(acc, axis=0)
+    y = tl.sum(acc, axis=1)  # [BM, 64]
+    ok = x_ok[:, None] & (r < 64)[None, :]
     if TO_WS:
-        tl.store(out_ptr + pid_s * N + n0 + r, y)
+        tl.store(out_ptr + (pid_s * M + xm).to(tl.int64)[:, None] * N + n0 + r[None, :], y, mask=ok)
     else:
-        if HAS_SPARSE:  # the sq outliers of the CTA's rows (one split: it owns them whole), as the Gluon kernel
+        if HAS_SPARSE:  # M = 1: the sq outliers of the CTA's rows (one split: it owns them whole), as the Gluon kernel
             y = y + _twin_row_outliers(n0 + r, tl.arange(0, WARPS // 2), x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ,
-                                       WARPS // 2)
+                                       WARPS // 2)[None, :]
         if HAS_BIAS:
-            y += tl.load(bias_ptr + n0 + r).to(tl.float32)
-        tl.store(out_ptr + n0 + r, y.to(out_ptr.dtype.element_ty))
+            y += tl.load(bias_ptr + n0 + r).to(tl.float32)[None, :]
+        tl.store(out_ptr + xm.to(tl.int64)[:, None] * stride_om + n0 + r[None, :], y.to(out_ptr.dtype.element_ty),
+                 mask=ok)

@@ -62,40 +62,44 @@ def _zeros(device: torch.device, n: int) -> torch.Tensor:
 
 
 def _mma_device_ok(x: torch.Tensor) -> bool:
-    """mma.sync m16n8k16 needs sm_80+; the 128-bit x loads need a 16-byte aligned x. Meta tensors stand
-    for a launch on an sm_80/sm_90 GPU being planned (lowbit.kernels.plans records such calls)."""
+    """mma.sync m16n8k16 needs sm_80+; the 128-bit x loads need a 16-byte aligned x (and rows, when M > 1).
+    Meta tensors stand for a launch on an sm_80/sm_90 GPU being planned (lowbit.kernels.plans records such
+    calls)."""
     if x.device.type == "meta":
         return True
-    if x.device.type != "cuda" or x.data_ptr() % 16:
+    if x.device.type != "cuda" or x.data_ptr() % 16 or (x.shape[0] > 1 and x.stride(0) % 8):
         return False
     return torch.cuda.get_device_capability(x.device) >= (8, 0)
 
 
 def _run_mma_gemv(x2d, qweight, table, scale, nf4: bool, group: int, bits: int, bias, out, ws, split: int,
                   ups: int, to_ws: bool, cfg: KernelConfig, csr: list | None = None) -> None:
-    """The tensor-core M = 1 GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs).
-    `csr` (row_ptr, col_idx, values; one split, not to_ws): the sq outliers join in the same launch."""
+    """The tensor-core GEMV on a GPU, its pure-Triton twin under the interpreter (same outputs). A CTA
+    takes cfgs.mma_pairs(cfg) pairs of x rows. `csr` (row_ptr, col_idx, values; M = 1, one split, not
+    to_ws): the sq outliers join in the same launch."""
     kw, n = qweight.shape
-    k = x2d.shape[1]
-    grid = (n // cfgs.MMA_ROWS, split)
+    m, k = x2d.shape
+    mp = cfgs.mma_pairs(cfg)
+    grid = (n // cfgs.MMA_ROWS, split, triton.cdiv(m, 2 * mp))
     target = ws if to_ws else out
     bias_arg = bias if bias is not None else out
     sparse_args = csr if csr is not None else [qweight] * 3  # dummies when HAS_SPARSE is off
     nnz = csr[1].numel() if csr is not None else 0
     consts = dict(BITS=bits, WARPS=cfg.num_warps, UNROLL=cfg.block_k // cfgs.unit_codes(bits), GROUP=group, HAS_SCALE=nf4,
-                  HAS_BIAS=bias is not None, TO_WS=to_ws, HAS_SPARSE=csr is not None)
+                  HAS_BIAS=bias is not None, TO_WS=to_ws, HAS_SPARSE=csr is not None, MP=mp)
     tab_stride = 0 if nf4 else table.shape[1]
+    strides = (x2d.stride(0), out.stride(0))
     if on_interpreter(x2d):
-        tab2 = torch.empty((grid[0] * grid[1], 256 * cfgs.MMA_ROWS), dtype=torch.int32, device=x2d.device)
-        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *sparse_args, tab2, n, ups, tab_stride,
-                                   k, nnz, **consts)
+        tab2 = torch.empty((grid[0] * grid[1] * grid[2], 256 * cfgs.MMA_ROWS), dtype=torch.int32, device=x2d.device)
+        _lut_mma_twin_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *sparse_args, tab2, m, n, ups,
+                                   tab_stride, k, nnz, *strides, **consts)
         return
     from .mma_gemv import _lut_mma_gemv_kernel
 
     zeros = _zeros(x2d.device, x2d.shape[1])
     zero_off = (zeros.data_ptr() - x2d.data_ptr()) // 2
-    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *sparse_args, zero_off, n, ups,
-                               tab_stride, k, nnz, num_warps=cfg.num_warps, **consts)
+    _lut_mma_gemv_kernel[grid](x2d, qweight, table, scale, bias_arg, target, *sparse_args, zero_off, m, n, ups,
+                               tab_stride, k, nnz, *strides, num_warps=cfg.num_warps, **consts)
 
 
 def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: KernelConfig,
@@ -109,7 +113,7 @@ def workspace_numel(path: KernelPath, m: int, qw: QuantizedWeight, config: Kerne
     if path is KernelPath.GEMV and cfgs.mma_gemv_plan(m, dtype, qw.bits, nf4, cfgs.scale_group(qw), qw.N, qw.K,
                                                       table, config) is not None:
         split = config.split_k
-        if split == 1:  # the outliers join in the GEMV itself
+        if split == 1 and (m == 1 or not sparse):  # at M = 1 the outliers join in the GEMV itself
             return 0
     else:
         _, split = cfgs.split_plan(m, qw.N, qw.K, qw.bits, config, dense)
@@ -134,7 +138,7 @@ def _run(x2d, qweight, lut, absmax, sparse: Optional[dict], bias, bits: int, gro
         if ups is not None and not (on_interpreter(x2d) or _mma_device_ok(x2d)):
             ups = None
     per_split, split = (None, cfg.split_k) if ups is not None else cfgs.split_plan(m, n, k, bits, cfg, dense)
-    outliers_in_gemv = nnz > 0 and ups is not None and split == 1  # the M = 1 GEMV owns its rows whole
+    outliers_in_gemv = nnz > 0 and ups is not None and split == 1 and m == 1  # the CTA owns its rows whole
     outliers_in_finish = nnz > 0 and not dense and not outliers_in_gemv
     to_ws = split > 1 or outliers_in_finish
     ws = torch.empty((split, m, n), dtype=torch.float32, device=x2d.device) if to_ws else out
@@ -227,7 +231,7 @@ def _lut_linear_fake(x, qweight, lut, absmax, row_ptr, col_idx, values, bias, bi
 
 
 class LutFamily(KernelFamily):
-    """lut3/lut4/sq3/sq4/nf4: the GEMV (CUDA cores; tensor cores at M = 1 for fp16 x and 4-bit codes),
+    """lut3/lut4/sq3/sq4/nf4: the GEMV (tensor cores at M <= 16 for fp16 x and 3- or 4-bit codes, else CUDA cores),
     the fused-decode GEMM, the decode-once route for large M, and the finish kernel (split-K sum,
     outliers)."""
 
@@ -235,6 +239,20 @@ class LutFamily(KernelFamily):
     schemes = frozenset(LUT_SCHEMES | {Scheme.NF4})
     gemv_max_m = 8
     configs = cfgs
+
+    def choose_path(self, m: int, qw: QuantizedWeight | None = None, dtype: torch.dtype | None = None) -> KernelPath:
+        """GEMV at M = 1, and up to MMA_MAX_M rows where the tensor-core GEMV takes the call (fp16 x, 3- or
+        4-bit codes, fp16 table: every pair of x rows shares each decoded weight). Otherwise the CUDA-core
+        GEMV, whose cost grows with every row of x, only up to 2 rows (fp32 x: gemv_max_m, where the
+        GEMM's fp32 dots cost more), the GEMM above (static estimates, perf/NOTES.md). Without the weight
+        and dtype, the M-only rule (gemv_max_m)."""
+        if m <= 1:
+            return KernelPath.GEMV
+        if qw is None or dtype is None:
+            return super().choose_path(m)
+        if cfgs.mma_route(m, qw, dtype) is not None:
+            return KernelPath.GEMV
+        return KernelPath.GEMV if m <= (self.gemv_max_m if dtype == torch.float32 else 2) else KernelPath.GEMM
 
     def forward(self, x2d, qw, bias, path, config):
         qweight, lut, absmax, sparse = _tensors(qw)

@@ -1,5 +1,6 @@
-"""The M = 1 LUT GEMV on tensor cores (sm_80+, fp16 x, 4-bit codes or, below, 3-bit codes): pair tables
-in shared memory, one PRMT + one LDS per two 4-bit weights, ``mma.sync`` m16n8k16 with a block-diagonal x operand, fp32 accumulation.
+"""The small-M LUT GEMV on tensor cores (sm_80+, fp16 x, M <= 16, 4-bit codes or, below, 3-bit codes): pair
+tables in shared memory, one PRMT + one LDS per two 4-bit weights, ``mma.sync`` m16n8k16 with a block-diagonal
+x operand, fp32 accumulation.
 Gluon + inline PTX; the pure-Triton twin ``kernels._lut_mma_twin_kernel`` shares the table layout and
 every index below and runs under the interpreter, and the tests emulate the PTX exactly.
 
@@ -13,10 +14,16 @@ every index below and runs under the interpreter, and the tests emulate the PTX 
   e2 * 8 + 2t + e] = half e of the pair of row r at byte 2h + e2 of its current word, for the two mma
   steps h = 0, 1 of each word.
 - x operand: B[e2 * 8 + 2t + e, j] = x[k + 4h + 2 e2 + e] when j == t, else 0, so D[hi * 8 + g, t]
-  accumulates row r alone in fp32 (exact fp16 products); D columns 4..7 stay 0. Lanes with g == t read
-  their stream's 8 inputs with one 128-bit load per word, the others read 8 zeros from a zero buffer
-  (``zero_off`` elements past x, at least as long as x's row) that advances with x.
-- Per lane and word: one 64-bit load (its two rows' words), one 128-bit x load, 8 x (PRMT + LDS), 2 HMMA.
+  accumulates row r alone in fp32 (exact fp16 products). Lanes with g == t read their stream's 8 inputs
+  with one 128-bit load per word, the others read 8 zeros from a zero buffer (``zero_off`` elements past
+  x, at least as long as x's row) that advances with x.
+- Rows of x: a CTA takes MP = max(1, block_m // 2) *pairs* of x rows (grid axis 2 covers M). Pair p puts
+  x row 2p on the diagonal j == t and row 2p + 1 on j == t + 4 (lanes g == t + 4 load it), so D columns
+  t and t + 4 are the same weight row against the two x rows: one decoded A operand serves two rows, and
+  2 HMMA + one x load per word and pair are all that M adds. Rows past M read the zero buffer and are
+  not stored. The sq outliers join here only at M = 1 (else in the finish kernel).
+- Per lane and word: one 64-bit load (its two rows' words), 8 x (PRMT + LDS), and per pair of x rows one
+  128-bit x load and 2 HMMA.
 
 3-bit codes (BITS = 3, lut3/sq3) walk K in *units* of 32 codes held in 3 words (lowbit.reference.packing):
 pair J < 15 (codes 2J, 2J + 1) is the field at bit s = 3 (J % 5) of each half of word J // 5, and pair 15
@@ -63,14 +70,16 @@ _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 @gluon.jit(do_not_specialize=["zero_off"])  # a distance between two allocations: never a constant
 def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
-                         zero_off, N, units_per_stream, tab_stride_n, K, NNZ, BITS: gl.constexpr,
-                         WARPS: gl.constexpr, UNROLL: gl.constexpr, GROUP: gl.constexpr, HAS_SCALE: gl.constexpr,
-                         HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr, HAS_SPARSE: gl.constexpr):
-    """y[n] = sum_k x[k] W[n, k] for 64 rows per CTA; grid (N / 64, split). TO_WS: fp32 partials to
-    out[split, N]; else bias + cast into out[N]. NF4 (HAS_SCALE): tab_stride_n = 0, the mma sums of each
-    GROUP of inputs are scaled by absmax before they join the total (GROUP = 0: per row, at the end).
-    A stream is `units_per_stream` packed units: 4-bit words (8 codes) or 3-bit blocks (32 codes, 3 words).
-    HAS_SPARSE (one split only, so the CTA owns its rows whole): the sq outliers of its 64 rows, CSR
+                         zero_off, M, N, units_per_stream, tab_stride_n, K, NNZ, stride_xm, stride_om,
+                         BITS: gl.constexpr, WARPS: gl.constexpr, UNROLL: gl.constexpr, GROUP: gl.constexpr,
+                         HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr,
+                         HAS_SPARSE: gl.constexpr, MP: gl.constexpr):
+    """y[m, n] = sum_k x[m, k] W[n, k] for 64 rows and 2 * MP rows of x per CTA; grid (N / 64, split,
+    M blocks of 2 * MP). TO_WS: fp32 partials to out[split, M, N]; else bias + cast into out[M, N] (row
+    stride stride_om). NF4 (HAS_SCALE): tab_stride_n = 0, the mma sums of each GROUP of inputs are scaled
+    by absmax before they join the total (GROUP = 0: per row, at the end). A stream is
+    `units_per_stream` packed units: 4-bit words (8 codes) or 3-bit blocks (32 codes, 3 words).
+    HAS_SPARSE (M = 1, one split, so the CTA owns its rows whole): the sq outliers of its 64 rows, CSR
     row_ptr/col/val (NNZ nonzeros, columns < K), join y before the bias, as in the finish kernel."""
     UW: gl.constexpr = 3 if BITS == 3 else 1  # words per unit
     UC: gl.constexpr = 32 if BITS == 3 else 8  # codes per unit
@@ -87,6 +96,7 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, r
     TABLE: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     pid_n = gl.program_id(0)
     pid_s = gl.program_id(1)
+    pid_m = gl.program_id(2)
     n0 = pid_n * 64
     # -- pair table into shared memory ------------------------------------------------------
     ph = gl.arange(0, CB, layout=gl.SliceLayout(1, gl.SliceLayout(2, BUILD)))
@@ -114,24 +124,59 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, r
     rowoff = (r4 * 4)[:, :, :, None, :, None] * one6
     e2_6 = e2_i[None, None, None, :, None, None] * one6
     sel_e2 = e2_6 * SEL_PER_BYTE
-    # x [W, t, q, g]: lanes on the diagonal g == t read their stream's 8 inputs, the others 8 zeros at
-    # x_ptr + zero_off (a zero buffer at least as long as x's row, advanced in step with it)
+    # x [W, t, q, g]: lanes on the diagonal g == t read their stream's 8 inputs of x row 2p (pair p), lanes
+    # with g == t + 4 those of row 2p + 1, the others (and rows past M) 8 zeros at x_ptr + zero_off (a zero
+    # buffer at least as long as x's row, advanced in step with it)
     xw = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
     xt = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, X4))))
     xq = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, X4))))
     xg = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, X4))))
     xk = ((pid_s * WARPS + xw) * units_per_stream * UC).to(gl.int64)[:, None, None, None]
-    diag = xg[None, None, None, :] == xt[None, :, None, None]
-    x_off = gl.multiple_of(gl.where(diag, xk, xk + zero_off), [1, 1, 8, 1])
-    x_ptrs = x_ptr + (x_off + xq[None, None, :, None])
-    # D[w, hi*8 + g, t] is row 8g + 2t + hi of stream w; D columns 4..7 stay 0
+    diag0 = xg[None, None, None, :] == xt[None, :, None, None]
+    diag1 = xg[None, None, None, :] == xt[None, :, None, None] + 4
+    m0 = pid_m * (2 * MP)
+    xo0 = x_ptr + _x_rows(xk, diag0, diag1, m0, M, stride_xm, zero_off)
+    xo1 = xo0
+    xo2 = xo0
+    xo3 = xo0
+    xo4 = xo0
+    xo5 = xo0
+    xo6 = xo0
+    xo7 = xo0
+    if MP > 1:
+        xo1 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 2, M, stride_xm, zero_off)
+    if MP > 2:
+        xo2 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 4, M, stride_xm, zero_off)
+        xo3 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 6, M, stride_xm, zero_off)
+    if MP > 4:
+        xo4 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 8, M, stride_xm, zero_off)
+        xo5 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 10, M, stride_xm, zero_off)
+        xo6 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 12, M, stride_xm, zero_off)
+        xo7 = x_ptr + _x_rows(xk, diag0, diag1, m0 + 14, M, stride_xm, zero_off)
+    xq4 = xq[None, None, :, None]
+    # D[w, hi*8 + g, t] (D[.., t + 4]) of pair p is row 8g + 2t + hi of stream w against x row 2p (2p + 1)
     dw = gl.arange(0, WARPS, layout=gl.SliceLayout(1, gl.SliceLayout(2, MMA)))
     di = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, MMA)))
     dj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, MMA)))
-    # (columns 4..7 hold 0: they read the scales of columns 0..3 instead of masked loads)
+    # (columns 4..7 are the same rows as columns 0..3, so they read the same scales)
     d_row = 8 * (di % 8)[None, :, None] + 2 * (dj % 4)[None, None, :] + (di // 8)[None, :, None]
-    acc = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
-    part = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
+    zacc = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
+    p0 = zacc
+    p1 = zacc
+    p2 = zacc
+    p3 = zacc
+    p4 = zacc
+    p5 = zacc
+    p6 = zacc
+    p7 = zacc
+    acc0 = zacc
+    acc1 = zacc
+    acc2 = zacc
+    acc3 = zacc
+    acc4 = zacc
+    acc5 = zacc
+    acc6 = zacc
+    acc7 = zacc
     wstep = N * UNROLL * UW
     for u0 in range(0, units_per_stream, UNROLL):
         for uu in gl.static_range(UNROLL):
@@ -142,58 +187,171 @@ def _lut_mma_gemv_kernel(x_ptr, qw_ptr, tab_ptr, scale_ptr, bias_ptr, out_ptr, r
                 # pair 15: bit j of code 30 (31) is bit 15 (31) of word j -> lo at bits 0..2, hi at 16..18
                 top = ((wa >> 15) & 0x10001) | ((wb >> 14) & 0x20002) | ((wc >> 13) & 0x40004)
                 for v in gl.static_range(4):  # the unit's four virtual words of 8 codes
-                    b_lo, b_hi = _x_operands(x_ptrs + (uu * UC + 8 * v), WARPS)
-                    for h in gl.static_range(2):
-                        c6, mask6, mult6 = _pair3_operands(wa, wb, wc, top, 4 * v + 2 * h, e2_6, one6)
-                        wv = gl.inline_asm_elementwise(LOOKUP3_ASM, "=r,r,r,r,r,r,r,r,r", [c6, mask6, mult6, rowoff],
-                                                       dtype=gl.float16, is_pure=True, pack=2)
-                        a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
-                        bh = b_lo if h == 0 else b_hi
-                        b = gl.convert_layout(gl.reshape(bh, [WARPS, 16, 8]), B_OP, assert_trivial=True)
-                        part = mma_v2(a, b, part)
+                    c6, mask6, mult6 = _pair3_operands(wa, wb, wc, top, 4 * v, e2_6, one6)
+                    wv = gl.inline_asm_elementwise(LOOKUP3_ASM, "=r,r,r,r,r,r,r,r,r", [c6, mask6, mult6, rowoff],
+                                                   dtype=gl.float16, is_pure=True, pack=2)
+                    a_lo = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                    c6, mask6, mult6 = _pair3_operands(wa, wb, wc, top, 4 * v + 2, e2_6, one6)
+                    wv = gl.inline_asm_elementwise(LOOKUP3_ASM, "=r,r,r,r,r,r,r,r,r", [c6, mask6, mult6, rowoff],
+                                                   dtype=gl.float16, is_pure=True, pack=2)
+                    a_hi = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                    kx = xq4 + (uu * UC + 8 * v)
+                    p0, p1, p2, p3, p4, p5, p6, p7 = _word_mmas(
+                        a_lo, a_hi, kx, xo0, xo1, xo2, xo3, xo4, xo5, xo6, xo7,
+                        p0, p1, p2, p3, p4, p5, p6, p7, MP, WARPS)
             else:
                 words = gl.load(word_ptrs + uu * N)
-                b_lo, b_hi = _x_operands(x_ptrs + uu * 8, WARPS)
                 words6 = words[:, :, :, None, :, None] * one6
-                for h in gl.static_range(2):
-                    sel = sel_e2 + (SEL_BASE + 2 * SEL_PER_BYTE * h)
-                    wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
-                                                   dtype=gl.float16, is_pure=True, pack=2)
-                    a = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
-                    bh = b_lo if h == 0 else b_hi
-                    b = gl.convert_layout(gl.reshape(bh, [WARPS, 16, 8]), B_OP, assert_trivial=True)
-                    part = mma_v2(a, b, part)
+                sel = sel_e2 + SEL_BASE
+                wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
+                                               dtype=gl.float16, is_pure=True, pack=2)
+                a_lo = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                sel = sel_e2 + (SEL_BASE + 2 * SEL_PER_BYTE)
+                wv = gl.inline_asm_elementwise(LOOKUP_ASM, "=r,r,r,r,r,r,r", [words6, rowoff, sel],
+                                               dtype=gl.float16, is_pure=True, pack=2)
+                a_hi = gl.convert_layout(gl.reshape(wv, [WARPS, 16, 16]), A_OP, assert_trivial=True)
+                kx = xq4 + uu * UC
+                p0, p1, p2, p3, p4, p5, p6, p7 = _word_mmas(
+                    a_lo, a_hi, kx, xo0, xo1, xo2, xo3, xo4, xo5, xo6, xo7,
+                    p0, p1, p2, p3, p4, p5, p6, p7, MP, WARPS)
         if HAS_SCALE and GROUP != 0:
-            if (u0 + UNROLL) % (GROUP // 8) == 0:  # the last word of a group: scale its sum
+            if (u0 + UNROLL) % (GROUP // 8) == 0:  # the last word of a group: scale its sums
                 g_idx = ((pid_s * WARPS + dw) * units_per_stream + u0) * 8 // GROUP
-                sc = gl.load(scale_ptr + (g_idx * N)[:, None, None] + n0 + d_row)
-                acc += part * sc.to(gl.float32)
-                part = gl.zeros([WARPS, 16, 8], gl.float32, layout=MMA)
+                sc = gl.load(scale_ptr + (g_idx * N)[:, None, None] + n0 + d_row).to(gl.float32)
+                acc0 += p0 * sc
+                p0 = zacc
+                if MP > 1:
+                    acc1 += p1 * sc
+                    p1 = zacc
+                if MP > 2:
+                    acc2 += p2 * sc
+                    p2 = zacc
+                    acc3 += p3 * sc
+                    p3 = zacc
+                if MP > 4:
+                    acc4 += p4 * sc
+                    p4 = zacc
+                    acc5 += p5 * sc
+                    p5 = zacc
+                    acc6 += p6 * sc
+                    p6 = zacc
+                    acc7 += p7 * sc
+                    p7 = zacc
         word_ptrs += wstep
-        x_ptrs += UNROLL * UC
-    if HAS_SCALE:
-        if GROUP == 0:
-            sc = gl.load(scale_ptr + n0 + d_row + (dw * 0)[:, None, None])
-            acc = part * sc.to(gl.float32)
-    else:
-        acc = part
-    # -- epilogue: sum the streams of each row ----------------------------------------------------
-    d = gl.reshape(acc, [WARPS, 2, 8, 2, 4])
-    y = gl.sum(gl.sum(d, axis=3), axis=0)  # [hi, g, t]
-    y = gl.reshape(gl.permute(y, [1, 2, 0]), [64])
-    offs = gl.arange(0, 64, layout=y.type.layout)
+        xo0 += UNROLL * UC
+        if MP > 1:
+            xo1 += UNROLL * UC
+        if MP > 2:
+            xo2 += UNROLL * UC
+            xo3 += UNROLL * UC
+        if MP > 4:
+            xo4 += UNROLL * UC
+            xo5 += UNROLL * UC
+            xo6 += UNROLL * UC
+            xo7 += UNROLL * UC
+    if HAS_SCALE and GROUP == 0:  # one absmax per row: scale the sums at the end
+        sc = gl.load(scale_ptr + n0 + d_row + (dw * 0)[:, None, None]).to(gl.float32)
+        acc0 = p0 * sc
+        acc1 = p1 * sc
+        acc2 = p2 * sc
+        acc3 = p3 * sc
+        acc4 = p4 * sc
+        acc5 = p5 * sc
+        acc6 = p6 * sc
+        acc7 = p7 * sc
+    elif not HAS_SCALE:
+        acc0 = p0
+        acc1 = p1
+        acc2 = p2
+        acc3 = p3
+        acc4 = p4
+        acc5 = p5
+        acc6 = p6
+        acc7 = p7
+    # -- epilogue: sum the streams of each row, per x row -------------------------------------------
+    _store_pair(acc0, m0, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ,
+                WARPS, HAS_BIAS, TO_WS, HAS_SPARSE)
+    if MP > 1:
+        _store_pair(acc1, m0 + 2, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+    if MP > 2:
+        _store_pair(acc2, m0 + 4, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+        _store_pair(acc3, m0 + 6, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+    if MP > 4:
+        _store_pair(acc4, m0 + 8, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+        _store_pair(acc5, m0 + 10, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+        _store_pair(acc6, m0 + 12, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+        _store_pair(acc7, m0 + 14, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr,
+                    K, NNZ, WARPS, HAS_BIAS, TO_WS, False)
+
+
+@gluon.jit
+def _x_rows(xk, diag0, diag1, r0, M, stride_xm, zero_off):
+    """Element offsets from x_ptr of each lane's 8 inputs of pair (r0, r0 + 1) at a stream's first unit:
+    x row r0 on the diagonal g == t, row r0 + 1 at g == t + 4, the zero buffer elsewhere and past M."""
+    o = gl.where(diag0 & (r0 < M), r0.to(gl.int64) * stride_xm, zero_off)
+    o = gl.where(diag1 & (r0 + 1 < M), (r0 + 1).to(gl.int64) * stride_xm, o)
+    return gl.multiple_of(xk + o, [1, 1, 8, 1])
+
+
+@gluon.jit
+def _pair_mmas(a_lo, a_hi, ptrs, d, WARPS: gl.constexpr):
+    """The two mma steps of one word for one pair of x rows: one 128-bit load of 8 inputs per lane."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS, 1, 1], instr_shape=[1, 16, 8])
+    B_OP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+    b_lo, b_hi = _x_operands(ptrs, WARPS)
+    d = mma_v2(a_lo, gl.convert_layout(gl.reshape(b_lo, [WARPS, 16, 8]), B_OP, assert_trivial=True), d)
+    return mma_v2(a_hi, gl.convert_layout(gl.reshape(b_hi, [WARPS, 16, 8]), B_OP, assert_trivial=True), d)
+
+
+@gluon.jit
+def _word_mmas(a_lo, a_hi, kx, xo0, xo1, xo2, xo3, xo4, xo5, xo6, xo7, p0, p1, p2, p3, p4, p5, p6, p7,
+               MP: gl.constexpr, WARPS: gl.constexpr):
+    """One word's A operands (mma steps h = 0, 1) against the x rows of every pair (xo_p: pair p's x pointers
+    at the trip's first unit, kx: the word's offsets from there)."""
+    p0 = _pair_mmas(a_lo, a_hi, xo0 + kx, p0, WARPS)
+    if MP > 1:
+        p1 = _pair_mmas(a_lo, a_hi, xo1 + kx, p1, WARPS)
+    if MP > 2:
+        p2 = _pair_mmas(a_lo, a_hi, xo2 + kx, p2, WARPS)
+        p3 = _pair_mmas(a_lo, a_hi, xo3 + kx, p3, WARPS)
+    if MP > 4:
+        p4 = _pair_mmas(a_lo, a_hi, xo4 + kx, p4, WARPS)
+        p5 = _pair_mmas(a_lo, a_hi, xo5 + kx, p5, WARPS)
+        p6 = _pair_mmas(a_lo, a_hi, xo6 + kx, p6, WARPS)
+        p7 = _pair_mmas(a_lo, a_hi, xo7 + kx, p7, WARPS)
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@gluon.jit
+def _store_pair(acc, r0, pid_s, n0, M, N, stride_om, x_ptr, bias_ptr, out_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ,
+                WARPS: gl.constexpr, HAS_BIAS: gl.constexpr, TO_WS: gl.constexpr, HAS_SPARSE: gl.constexpr):
+    """Sum one pair's accumulator over the streams (warps) and store x rows r0, r0 + 1 (those < M) of the
+    CTA's 64 rows: fp32 partials into the workspace [split, M, N], or + outliers + bias, cast, into out."""
+    d = gl.reshape(acc, [WARPS, 2, 8, 2, 4])  # [w, hi, g, x row, t]
+    y = gl.sum(d, axis=0)
+    y = gl.reshape(gl.permute(y, [2, 1, 3, 0]), [2, 64])  # [x row, 8g + 2t + hi]
+    L2: gl.constexpr = y.type.layout
+    offs = gl.arange(0, 64, layout=gl.SliceLayout(0, L2))[None, :]
+    rows = r0 + gl.arange(0, 2, layout=gl.SliceLayout(1, L2))[:, None]
+    ok = (rows < M) & (offs < 64)
     if TO_WS:
-        gl.store(out_ptr + pid_s * N + n0 + offs, y)
+        gl.store(out_ptr + (pid_s * M + rows).to(gl.int64) * N + n0 + offs, y, mask=ok)
     else:
-        if HAS_SPARSE:  # one row per lane of warps 0-1, WARPS // 2 slots of each row's outliers over the warps
+        if HAS_SPARSE:  # M = 1: one row per lane of warps 0-1, WARPS // 2 slots of each row's outliers
             OUT2: gl.constexpr = gl.BlockedLayout([1, 1], [32, 1], [2, WARPS // 2], [0, 1])
             o_rows = gl.arange(0, 64, layout=gl.SliceLayout(1, OUT2))
             o_slot = gl.arange(0, WARPS // 2, layout=gl.SliceLayout(0, OUT2))
             extra = _row_outliers(n0 + o_rows, o_slot, x_ptr, row_ptr_ptr, col_ptr, val_ptr, K, NNZ, WARPS // 2)
-            y = y + gl.convert_layout(extra, y.type.layout)
+            y = y + gl.convert_layout(extra, gl.SliceLayout(0, L2))[None, :]
         if HAS_BIAS:
             y += gl.load(bias_ptr + n0 + offs).to(gl.float32)
-        gl.store(out_ptr + n0 + offs, y.to(out_ptr.dtype.element_ty))
+        gl.store(out_ptr + rows.to(gl.int64) * stride_om + n0 + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @gluon.jit

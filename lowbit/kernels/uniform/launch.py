@@ -97,7 +97,7 @@ class UniformFamily(KernelFamily):
     gemv_max_m = 16
     configs = cfgs
 
-    def choose_path(self, m: int) -> KernelPath:
+    def choose_path(self, m: int, qw=None, dtype=None) -> KernelPath:
         """GEMV up to gemv_max_m rows; where the tensor-core GEMV cannot run (configs.mma_layout_ok: Triton
         older than 3.6), only M = 1 takes the CUDA-core GEMV and M >= 2 the GEMM (static estimate at
         M = 16, N = K = 8192: 17.5 us for the GEMM against 152 us for the CUDA-core GEMV)."""

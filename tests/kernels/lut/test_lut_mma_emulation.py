@@ -109,6 +109,43 @@ def test_block_diagonal_fragments_compute_each_row():
     np.testing.assert_array_equal(y, w @ x)
 
 
+def test_row_pair_fragments_compute_two_rows_of_x():
+    """M > 1: lanes g == t carry x row 2p, lanes g == t + 4 row 2p + 1 (the others zeros), so D columns t and
+    t + 4 are the same weight row against the two x rows (mma_gemv._x_rows / _store_pair); exact integers."""
+    rng = np.random.default_rng(2)
+    rows = mma_gemv.ROWS
+    table = rng.integers(-8, 9, size=(rows, 16)).astype(np.float64)
+    words = rng.integers(0, 2 ** 32, size=rows, dtype=np.uint64).astype(np.int64)
+    x = rng.integers(-4, 5, size=(2, 8)).astype(np.float64)  # x rows 2p, 2p + 1: the stream's 8 inputs
+
+    def pair(r, byte):
+        p = (int(words[r]) >> 8 * byte) & 0xFF
+        return table[r, p & 15], table[r, p >> 4]
+
+    d = np.zeros((16, 8))
+    for h in range(2):
+        a_frag, b_frag = [], []
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            frag = []
+            for hi, e2 in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                frag += list(pair(8 * g + 2 * t + hi, 2 * h + e2))
+            a_frag.append(frag)
+            row = 0 if g == t else 1 if g == t + 4 else None
+            b_frag.append([x[row, 4 * h + 2 * e2 + e] if row is not None else 0.0 for e2 in (0, 1) for e in (0, 1)])
+        d += _mma_m16n8k16(a_frag, b_frag)
+    # _store_pair: D [hi * 8 + g, jr * 4 + t] -> y[jr, 8g + 2t + hi]
+    y = np.zeros((2, rows))
+    for hi in range(2):
+        for g in range(8):
+            for jr in range(2):
+                for t in range(4):
+                    y[jr, 8 * g + 2 * t + hi] += d[hi * 8 + g, jr * 4 + t]
+    codes = np.array([[(int(words[r]) >> 4 * i) & 15 for i in range(8)] for r in range(rows)])
+    w = np.take_along_axis(table, codes, axis=1)
+    np.testing.assert_array_equal(y, x @ w.T)
+
+
 # -- 3-bit codes (lut3/sq3): the lookup PTX on the exact 3-bit layout --------------------------------------
 def lookup3(c: int, mask: int, mult: int, rowoff: int) -> int:
     """LOOKUP3_ASM: and.b32, mul.lo.u32 (mod 2^32), shr.u32 17, add rowoff (the global_smem base is 0)."""

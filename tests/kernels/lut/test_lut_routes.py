@@ -1,6 +1,7 @@
 """The LUT family's routes beyond the basic GEMV/GEMM (interpreter on CPU, or a GPU when present).
 
-- M = 1, fp16 x, 3- or 4-bit codes: the tensor-core GEMV (its pure-Triton twin under the interpreter);
+- M <= 16, fp16 x, 3- or 4-bit codes: the tensor-core GEMV (its pure-Triton twin under the interpreter), pairs
+  of x rows per decoded weight;
 - large M (>= configs.DECODE_ONCE_MIN_M) for nf4, 3-bit and sq: decode once + dense GEMM;
 - split-K and sq outliers through the fixed-order finish kernel: bitwise the same output every run;
 - row strides past 2^31 elements (64-bit offsets), on untouched virtual memory.
@@ -114,6 +115,63 @@ def test_mma_heuristic_at_m1(scheme):
     assert labels(qw, 1, KernelPath.GEMV, torch.float16, cfg)[0] == "mma gemv"
     f32 = FAMILY.heuristic(KernelPath.GEMV, 1, qw, torch.float32)
     assert labels(qw, 1, KernelPath.GEMV, torch.float32, f32)[0] == "gemv"  # fp32 x: the CUDA-core GEMV
+
+
+# -- the tensor-core GEMV at M > 1: pairs of x rows share each decoded weight ---------------------------
+MMA_ROWS_CASES = [  # (scheme, options, M, K, config, bias): ragged M (rows past M read zeros, stores masked)
+    pytest.param("lut4", {}, 2, 384, KernelConfig(2, 64, 32, 1, 1, 4, 1), True, id="lut4-m2"),
+    pytest.param("lut4", {}, 3, 512, KernelConfig(4, 64, 32, 2, 1, 4, 1), False, id="lut4-m3-split2"),
+    pytest.param("lut4", {}, 16, 384, KernelConfig(16, 64, 32, 1, 1, 4, 1), True, id="lut4-m16"),
+    pytest.param("lut4", {}, 11, 384, KernelConfig(4, 64, 32, 1, 1, 4, 1), True, id="lut4-m11-three-row-blocks"),
+    pytest.param("nf4", {"group_size": 64}, 5, 512, KernelConfig(8, 64, 64, 1, 1, 4, 1), True, id="nf4g64-m5"),
+    pytest.param("nf4", {"group_size": -1}, 16, 512, KernelConfig(16, 64, 32, 2, 1, 4, 1), True, id="nf4-per-channel-m16"),
+    pytest.param("nf4", {"group_size": 64}, 13, 512, KernelConfig(8, 64, 64, 1, 1, 4, 1), True, id="nf4g64-m13-two-ctas"),
+    pytest.param("lut3", {}, 7, 384, KernelConfig(8, 64, 32, 1, 1, 4, 1), True, id="lut3-m7"),
+    pytest.param("sq3", {"outlier_fraction": 0.02}, 4, 384, KernelConfig(4, 64, 32, 1, 1, 4, 1), True,
+                 id="sq3-m4-finish-outliers"),
+    pytest.param("sq4", {"outlier_fraction": 0.02}, 16, 512, KernelConfig(16, 64, 32, 2, 1, 4, 1), False,
+                 id="sq4-m16-split2"),
+]
+
+
+@pytest.mark.parametrize("scheme,opts,m,k,cfg,bias", MMA_ROWS_CASES)
+def test_mma_gemv_rows_of_x_match_reference(scheme, opts, m, k, cfg, bias, device):
+    qw = qweight(scheme, 192, k, device, **opts)
+    plan = labels(qw, m, KernelPath.GEMV, torch.float16, cfg)
+    assert plan[0] == "mma gemv", plan  # the route under test
+    if opts.get("outlier_fraction"):  # M > 1: the outliers join in the finish kernel, not the GEMV
+        assert plan[1:] == ["finish + outliers"], plan
+    y, ref = run(qw, m, torch.float16, KernelPath.GEMV, cfg, device, bias=bias, seed=m)
+    assert_close(f"{scheme} mma gemv M={m}", ref, y, FP16_TOL)
+
+
+def test_mma_gemv_strided_rows_of_x(device):
+    """x rows with a stride (a view into a wider buffer) reach the row pairs at their own offsets."""
+    qw = qweight("lut4", 192, 384, device)
+    g = torch.Generator().manual_seed(5)
+    wide = torch.randn(6, 384 + 64, generator=g).to(torch.float16).to(device)
+    x = wide[:, 32:32 + 384]  # row stride 448 (a multiple of 8, 16-byte aligned rows)
+    cfg = KernelConfig(8, 64, 32, 1, 1, 4, 1)
+    out = nan_out((6, 192), torch.float16, device)
+    y = FAMILY.launch(x, qw, None, KernelPath.GEMV, cfg, out)
+    ref = lowbit.reference.linear(x.contiguous(), qw, None, out_dtype=torch.float64)
+    assert_close("lut4 mma gemv strided x", ref, y, FP16_TOL)
+
+
+@pytest.mark.parametrize("scheme,m", [("lut4", 2), ("lut4", 16), ("nf4", 9), ("lut3", 16), ("sq3", 8)])
+def test_mma_route_serves_up_to_16_rows(scheme, m):
+    """Dispatch: fp16 x with 3-/4-bit codes takes the tensor-core GEMV up to MMA_MAX_M rows (block_m = M
+    rounded up to a power of two); past that, or for bf16/fp32 x, the GEMM (or the CUDA-core GEMV at
+    M <= 2, fp32 x: <= gemv_max_m)."""
+    qw = lowbit.QuantizedWeight.empty(scheme, (8192, 8192))
+    assert FAMILY.choose_path(m, qw, torch.float16) is KernelPath.GEMV
+    cfg = FAMILY.heuristic(KernelPath.GEMV, m, qw, torch.float16)
+    cap = configs.MMA_GROUPED_MAX_BLOCK_M if scheme == "nf4" else 16  # (grouped NF4: two CTAs of 8 rows)
+    assert cfg.block_m == min(cap, 1 << (m - 1).bit_length()) and cfg.block_n == configs.MMA_ROWS
+    assert labels(qw, m, KernelPath.GEMV, torch.float16, cfg)[0] == "mma gemv"
+    assert FAMILY.choose_path(17, qw, torch.float16) is KernelPath.GEMM
+    assert FAMILY.choose_path(m, qw, torch.bfloat16) is (KernelPath.GEMV if m <= 2 else KernelPath.GEMM)
+    assert FAMILY.choose_path(m, qw, torch.float32) is (KernelPath.GEMV if m <= FAMILY.gemv_max_m else KernelPath.GEMM)
 
 
 # -- large M: decode once, dense GEMM ---------------------------------------------------------------
