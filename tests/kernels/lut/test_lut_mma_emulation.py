@@ -109,6 +109,15 @@ def test_block_diagonal_fragments_compute_each_row():
     np.testing.assert_array_equal(y, w @ x)
 
 
+def _a_fragment(g, t, pair_of):
+    """Lane (g, t)'s A fragment in PTX order (a0a1, a2a3, a4a5, a6a7): the two halves of pair_of(row, e2) for
+    rows 8g + 2t + hi, hi = 0, 1, at step slots e2 = 0, 1."""
+    frag = []
+    for hi, e2 in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        frag += list(pair_of(8 * g + 2 * t + hi, e2))
+    return frag
+
+
 def test_row_pair_fragments_compute_two_rows_of_x():
     """M > 1: lanes g == t carry x row 2p, lanes g == t + 4 row 2p + 1 (the others zeros), so D columns t and
     t + 4 are the same weight row against the two x rows (mma_gemv._x_rows / _store_pair); exact integers."""
@@ -127,10 +136,7 @@ def test_row_pair_fragments_compute_two_rows_of_x():
         a_frag, b_frag = [], []
         for lane in range(32):
             g, t = lane // 4, lane % 4
-            frag = []
-            for hi, e2 in ((0, 0), (1, 0), (0, 1), (1, 1)):
-                frag += list(pair(8 * g + 2 * t + hi, 2 * h + e2))
-            a_frag.append(frag)
+            a_frag.append(_a_fragment(g, t, lambda r, e2: pair(r, 2 * h + e2)))
             row = 0 if g == t else 1 if g == t + 4 else None
             b_frag.append([x[row, 4 * h + 2 * e2 + e] if row is not None else 0.0 for e2 in (0, 1) for e in (0, 1)])
         d += _mma_m16n8k16(a_frag, b_frag)
